@@ -1,0 +1,80 @@
+"""`python run.py [CONFIG]`: parse, load, train, with one-line errors for user mistakes."""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import config as config_mod
+from .errors import UserError
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def parse_override(text):
+    """`Name=Value` with a JSON value (bare words are taken as strings)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise UserError(f"--set {text!r}: expected Name=Value, for example --set MaxEpoch=1")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="run.py",
+        description="Train an MLP on MNIST with backprop (mlp), meProp (mlptop, mlprand) or "
+                    "meSimp (mlpvar), as the config's NetType says. The log is written beside "
+                    "run.py as {run name}-log-{timestamp}.txt.")
+    p.add_argument("config", nargs="?", default=str(PROJECT_DIR / "configs" / "default.json"),
+                   help="JSON config with the original's PascalCase fields (default: configs/default.json)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a config field, e.g. --set MaxEpoch=1 --set NetType=mlptop")
+    p.add_argument("--backend", choices=config_mod.BACKENDS, help="override the Backend field")
+    p.add_argument("--log-dir", help="folder for the log file (default: beside run.py, or LogDir)")
+    p.add_argument("--offline", action="store_true",
+                   help="never download MNIST; a missing data file is an error")
+    p.add_argument("--quiet", action="store_true", help="no console output (the log file is still written)")
+    return p
+
+
+def main(argv=None, log_dir_default=None):
+    args = build_parser().parse_args(argv)
+    try:
+        run(args, log_dir_default or PROJECT_DIR)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def run(args, log_dir_default):
+    """Load and check everything that can fail on user input before the log file is created."""
+    overrides = dict(parse_override(t) for t in args.overrides)
+    if args.backend:
+        overrides["Backend"] = args.backend
+    cfg = config_mod.load(args.config, overrides)
+    # Imported here so that `--help` and config errors stay fast.
+    from .backend import get_xp
+    from .data import load_mnist
+    from .runlog import RunLog, log_path
+    from .train import train_and_evaluate
+    get_xp(cfg.Backend)
+    if cfg.Threads > 0:
+        from .kernels import set_num_threads
+        set_num_threads(cfg.Threads)
+    log_dir = Path(args.log_dir or cfg.LogDir or log_dir_default)
+    if not log_dir.is_dir():
+        raise UserError(f"log folder {log_dir} does not exist")
+    console = not args.quiet
+    splits = load_mnist(cfg, config_dir=Path(args.config).resolve().parent,
+                        allow_fetch=False if args.offline else None,
+                        log=print if console else (lambda *a, **k: None))
+    with RunLog(log_path(log_dir, cfg.run_name()), console=console) as log:
+        train_and_evaluate(cfg, splits, log)
+        if console:
+            print(f"log written to {log.path}", file=sys.stderr)

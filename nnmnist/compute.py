@@ -1,0 +1,175 @@
+"""The hot operations, each with one signature, and the one place that picks an implementation.
+
+`NumpyCompute` is the plain reference: readable NumPy that any faster path must agree with.
+`NumbaCompute` replaces its hot loops with the kernels of `nnmnist.kernels`; the GPU backend
+(`nnmnist.gpu`) replaces them with CuPy code. Layers and optimizers only ever call these methods.
+"""
+import numpy as np
+
+
+class NumpyCompute:
+    """Plain NumPy: top-k by a stable sort, sparse backward as dense matmuls on a zeroed dy."""
+
+    xp = np
+    name = "numpy"
+
+    # -- meProp selection -------------------------------------------------------------------
+    def select_topk_rows(self, dy, k):
+        """Per row, the k columns of largest |dy| (ties: lower column first), sorted ascending."""
+        order = np.argsort(-np.abs(dy), axis=1, kind="stable")[:, :k]
+        return np.sort(order, axis=1).astype(np.int32)
+
+    def select_topk_unified(self, dy, k):
+        """One column set for the minibatch: the k columns of largest sum over rows of |dy|."""
+        score = np.abs(dy).sum(axis=0)
+        return np.sort(np.argsort(-score, kind="stable")[:k]).astype(np.int32)
+
+    def select_random_rows(self, rng, batch, n, k):
+        """k distinct columns per row, uniformly at random (the k largest of uniform keys)."""
+        keys = rng.random((batch, n), dtype=np.float32)
+        return self.select_topk_rows(keys, k)
+
+    def select_random_unified(self, rng, n, k):
+        """k distinct columns for the whole minibatch, uniformly at random."""
+        keys = rng.random((1, n), dtype=np.float32)
+        return self.select_topk_rows(keys, k)[0]
+
+    # -- meProp backward --------------------------------------------------------------------
+    def meprop_backward_rows(self, x, W, dy, idx, dW, need_dx):
+        """dW += (sparse dy).T @ x; return (sparse dy) @ W, keeping idx's entries of each row."""
+        dys = np.zeros_like(dy)
+        np.put_along_axis(dys, idx, np.take_along_axis(dy, idx, axis=1), axis=1)
+        dW += dys.T @ x
+        return dys @ W if need_dx else None
+
+    def meprop_backward_cols(self, x, W, dy, cols, dW, need_dx):
+        """Unified top-k: gather the chosen columns and use dense matmuls on the compact blocks."""
+        dyc = dy[:, cols]
+        dW[cols] += dyc.T @ x
+        return dyc @ W[cols] if need_dx else None
+
+    def touched_rows(self, kind, chosen, n_out):
+        """Weight rows that received gradient: the union of the chosen neurons."""
+        if kind == "cols":
+            return chosen
+        return np.unique(chosen).astype(np.int32)
+
+    def record_hits(self, idx, hits):
+        """meSimp record: every chosen (example, neuron) adds one hit to that neuron."""
+        hits += np.bincount(idx.ravel(), minlength=hits.shape[0])
+
+    # -- optimizer updates (in place; each zeroes g afterwards) -------------------------------
+    @staticmethod
+    def _clip(g, clip):
+        if clip > 0:
+            np.clip(g, -clip, clip, out=g)
+
+    def sgd(self, w, g, lr_t, clip):
+        """g clipped; w -= lr_t * g."""
+        self._clip(g, clip)
+        w -= np.float32(lr_t) * g
+        g.fill(0)
+
+    def adagrad(self, w, g, h, lr, eps, l2, clip):
+        """g += l2 w; clip; h += g^2; w -= g lr / sqrt(h + eps)."""
+        if l2:
+            g += np.float32(l2) * w
+        self._clip(g, clip)
+        h += g * g
+        w -= g * np.float32(lr) / np.sqrt(h + np.float32(eps))
+        g.fill(0)
+
+    def adam(self, w, g, m, v, lr_t, l2, clip):
+        """g += l2 w; clip; v = .999 v + .001 g^2; m = .9 m + .1 g; w -= lr_t m / (sqrt(v) + 1e-8)."""
+        if l2:
+            g += np.float32(l2) * w
+        self._clip(g, clip)
+        v *= np.float32(0.999)
+        v += np.float32(0.001) * (g * g)
+        m *= np.float32(0.9)
+        m += np.float32(0.1) * g
+        w -= np.float32(lr_t) * m / (np.sqrt(v) + np.float32(1e-8))
+        g.fill(0)
+
+    def sgd_rows(self, W, G, rows, lr_t, clip):
+        """SGD on the listed rows only; only those rows of G are zeroed."""
+        w, g = W[rows], G[rows]
+        self.sgd(w, g, lr_t, clip)
+        W[rows], G[rows] = w, 0
+
+    def adagrad_rows(self, W, G, H, rows, lr, eps, l2, clip):
+        """AdaGrad on the listed rows only."""
+        w, g, h = W[rows], G[rows], H[rows]
+        self.adagrad(w, g, h, lr, eps, l2, clip)
+        W[rows], G[rows], H[rows] = w, 0, h
+
+    def adam_rows(self, W, G, M, V, rows, lr_t, l2, clip):
+        """Adam on the listed rows only; the other rows' moments are left as they are."""
+        w, g, m, v = W[rows], G[rows], M[rows], V[rows]
+        self.adam(w, g, m, v, lr_t, l2, clip)
+        W[rows], G[rows], M[rows], V[rows] = w, 0, m, v
+
+    def sync(self):
+        """Wait for queued device work (nothing to wait for on the CPU)."""
+
+    def warmup(self):
+        """Compile whatever compiles lazily (nothing here)."""
+
+
+class NumbaCompute(NumpyCompute):
+    """The plain path with its hot loops replaced by Numba kernels."""
+
+    name = "numba"
+
+    def __init__(self):
+        from . import kernels
+        self.k = kernels
+
+    def select_topk_rows(self, dy, k):
+        return self.k.topk_rows(dy, k)
+
+    def select_topk_unified(self, dy, k):
+        return self.k.topk_cols_unified(dy, k)
+
+    def meprop_backward_rows(self, x, W, dy, idx, dW, need_dx):
+        dx, _ = self.k.sparse_backward(x, W, dy, idx, dW=dW, need_dx=need_dx)
+        return dx
+
+    def touched_rows(self, kind, chosen, n_out):
+        if kind == "cols":
+            return chosen
+        return self.k.rows_touched(chosen, n_out)
+
+    def record_hits(self, idx, hits):
+        self.k.record_hits(idx, hits)
+
+    def sgd(self, w, g, lr_t, clip):
+        self.k.sgd_update(w.reshape(-1), g.reshape(-1), lr_t, clip)
+
+    def adagrad(self, w, g, h, lr, eps, l2, clip):
+        self.k.adagrad_update(w.reshape(-1), g.reshape(-1), h.reshape(-1), lr, eps, l2, clip)
+
+    def adam(self, w, g, m, v, lr_t, l2, clip):
+        self.k.adam_update(w.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), lr_t, l2, clip)
+
+    def sgd_rows(self, W, G, rows, lr_t, clip):
+        self.k.sgd_update_rows(W, G, rows, lr_t, clip)
+
+    def adagrad_rows(self, W, G, H, rows, lr, eps, l2, clip):
+        self.k.adagrad_update_rows(W, G, H, rows, lr, eps, l2, clip)
+
+    def adam_rows(self, W, G, M, V, rows, lr_t, l2, clip):
+        self.k.adam_update_rows(W, G, M, V, rows, lr_t, l2, clip)
+
+    def warmup(self):
+        self.k.warmup()
+
+
+def get_compute(backend="cpu", kernels="numba"):
+    """The implementation for a backend ('cpu' or 'gpu') and CPU kernel choice."""
+    if backend == "gpu":
+        from .gpu import CupyCompute
+        return CupyCompute()
+    if kernels == "numba":
+        return NumbaCompute()
+    return NumpyCompute()

@@ -1,0 +1,197 @@
+"""Every configuration field in one place: defaults, validation, the run name and the log header.
+
+Field names are the original C# program's PascalCase names, so its config files run unchanged.
+Fields after the first block are extensions of ours; their defaults keep the original behaviour.
+"""
+import difflib
+import json
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from .errors import UserError
+
+NET_TYPES = ("mlp", "mlprand", "mlptop", "mlpvar")
+OPT_TYPES = ("sgd", "adagrad", "adam")
+BACKENDS = ("cpu", "gpu", "auto")
+KERNELS = ("numba", "numpy")
+K_NETS = ("mlprand", "mlptop", "mlpvar")
+
+
+@dataclass
+class Config:
+    """One run's settings (see the README's table for each field's meaning)."""
+    # The original program's fields.
+    ClipBound: float = 5.0
+    DecayRate: float = 0.09
+    Eps: float = 1e-6
+    HiddenSize: int = 500
+    IterPerEpoch: int = 8
+    L2RegFactor: float = 0.0
+    LabelCount: int = 10
+    Layers: int = 3
+    LearningRate: float = 0.001
+    MaxEpoch: int = 20
+    MinibatchSize: int = 100
+    NetType: str = "mlp"
+    OptType: str = "adam"
+    Prune: float = 0.1
+    RandomSeed: int = -1
+    TestFile: str = "t10k-images.idx3-ubyte"
+    TestLabelFile: str = "t10k-labels.idx1-ubyte"
+    TrainCycle: int = 5
+    TrainFile: str = "train-images.idx3-ubyte"
+    TrainLabelFile: str = "train-labels.idx1-ubyte"
+    TrainTop: int = 160
+    # Extensions.
+    Unified: bool = False        # one top-k column set per minibatch instead of per example
+    LazyUpdate: bool = False     # optimizer touches only weight rows that got gradient this step
+    Dropout: float = 0.0         # inverted dropout on hidden outputs while training
+    Backend: str = "cpu"         # cpu (NumPy + Numba), gpu (CuPy) or auto
+    Kernels: str = "numba"       # CPU hot loops: numba kernels or the plain NumPy reference
+    Threads: int = 0             # Numba and BLAS threads; 0 keeps the libraries' defaults
+    DataDir: str = ""            # where bare data-file names are looked up ("" = data/ beside run.py)
+    LogDir: str = ""             # where the log is written ("" = beside run.py)
+
+    @property
+    def uses_k(self):
+        return self.NetType in K_NETS
+
+    def run_name(self):
+        """`{NetType}-{OptType}-h..-i..-m..` with -t/-p/-c suffixes, as the original names its runs."""
+        name = (f"{self.NetType}-{self.OptType}-h{self.HiddenSize}"
+                f"-i{self.IterPerEpoch}-m{self.MinibatchSize}")
+        if self.uses_k:
+            name += f"-t{self.TrainTop}"
+        if self.NetType == "mlpvar":
+            name += f"-p{format_value(self.Prune)}"
+            if 0 < self.TrainCycle < self.MaxEpoch:
+                name += f"-c{self.TrainCycle}"
+        return name
+
+    def header_lines(self):
+        """`Name: value` for every field, sorted by name, as the log's header prints them."""
+        return [f"{f.name}: {format_value(getattr(self, f.name))}"
+                for f in sorted(fields(self), key=lambda f: f.name)]
+
+
+FIELD_TYPES = {f.name: f.type for f in fields(Config)}
+
+
+def format_value(v):
+    """Format a value the way C#'s default ToString does (5.0 -> 5, 1e-06 -> 1E-06, True)."""
+    if isinstance(v, bool):
+        return "True" if v else "False"
+    if isinstance(v, float):
+        if v == int(v) and abs(v) < 1e15:
+            return str(int(v))
+        text = repr(v)
+        if "e" in text:
+            mantissa, exp = text.split("e")
+            sign = "-" if exp.startswith("-") else "+"
+            return f"{mantissa}E{sign}{abs(int(exp)):02d}"
+        return text
+    return str(v)
+
+
+def _field_error(source, name, value, why):
+    return UserError(f"{source}: field {name} = {json.dumps(value)}: {why}")
+
+
+def _coerce(source, name, value):
+    """Check a raw JSON value against the field's type; ints are accepted for floats."""
+    kind = FIELD_TYPES[name]
+    if kind in (float, "float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _field_error(source, name, value, "must be a number")
+        value = float(value)
+        if not math.isfinite(value):
+            raise _field_error(source, name, value, "must be finite")
+        return value
+    if kind in (int, "int"):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _field_error(source, name, value, "must be an integer")
+        return value
+    if kind in (bool, "bool"):
+        if not isinstance(value, bool):
+            raise _field_error(source, name, value, "must be true or false")
+        return value
+    if not isinstance(value, str):
+        raise _field_error(source, name, value, "must be a string")
+    return value
+
+
+def _check(cond, source, name, value, why):
+    if not cond:
+        raise _field_error(source, name, value, why)
+
+
+def validate(cfg, source="config"):
+    """Range-check every field; raise UserError naming the source, the field and the value."""
+    c = cfg
+    # ClipBound: any finite value; <= 0 disables clipping, as in the original.
+    _check(c.DecayRate > 0, source, "DecayRate", c.DecayRate, "must be > 0")
+    _check(c.Eps > 0, source, "Eps", c.Eps, "must be > 0")
+    _check(c.HiddenSize >= 1, source, "HiddenSize", c.HiddenSize, "must be >= 1")
+    _check(c.IterPerEpoch >= 1, source, "IterPerEpoch", c.IterPerEpoch, "must be >= 1")
+    _check(c.L2RegFactor >= 0, source, "L2RegFactor", c.L2RegFactor, "must be >= 0")
+    _check(c.LabelCount >= 2, source, "LabelCount", c.LabelCount, "must be >= 2")
+    _check(c.Layers >= 1, source, "Layers", c.Layers, "must be >= 1")
+    _check(c.LearningRate > 0, source, "LearningRate", c.LearningRate, "must be > 0")
+    _check(c.MaxEpoch >= 1, source, "MaxEpoch", c.MaxEpoch, "must be >= 1")
+    _check(c.MinibatchSize >= 1, source, "MinibatchSize", c.MinibatchSize, "must be >= 1")
+    _check(c.NetType in NET_TYPES, source, "NetType", c.NetType, f"must be one of {', '.join(NET_TYPES)}")
+    _check(c.OptType in OPT_TYPES, source, "OptType", c.OptType, f"must be one of {', '.join(OPT_TYPES)}")
+    _check(0 <= c.Prune <= 1, source, "Prune", c.Prune, "must be in [0, 1]")
+    for name in ("TestFile", "TestLabelFile", "TrainFile", "TrainLabelFile"):
+        _check(getattr(c, name).strip() != "", source, name, getattr(c, name), "must name a file")
+    if c.NetType == "mlpvar":
+        _check(c.TrainCycle >= 1, source, "TrainCycle", c.TrainCycle, "must be >= 1 for mlpvar")
+    if c.uses_k:
+        _check(c.Layers >= 2, source, "Layers", c.Layers,
+               f"{c.NetType} needs at least one hidden layer (Layers >= 2)")
+        _check(1 <= c.TrainTop <= c.HiddenSize, source, "TrainTop", c.TrainTop,
+               f"k must be between 1 and HiddenSize ({c.HiddenSize})")
+    _check(0 <= c.Dropout < 1, source, "Dropout", c.Dropout, "must be in [0, 1)")
+    _check(c.Backend in BACKENDS, source, "Backend", c.Backend, f"must be one of {', '.join(BACKENDS)}")
+    _check(c.Kernels in KERNELS, source, "Kernels", c.Kernels, f"must be one of {', '.join(KERNELS)}")
+    _check(c.Threads >= 0, source, "Threads", c.Threads, "must be >= 0 (0 = library default)")
+    return cfg
+
+
+def from_dict(raw, source="config"):
+    """Build a validated Config from a dict of PascalCase fields; unknown fields are errors."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: the top level must be a JSON object, not {type(raw).__name__}")
+    values = {}
+    for name, value in raw.items():
+        if name not in FIELD_TYPES:
+            close = difflib.get_close_matches(name, FIELD_TYPES, n=1, cutoff=0.0)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise UserError(f"{source}: unknown field {name!r}{hint}")
+        values[name] = _coerce(source, name, value)
+    return validate(Config(**values), source)
+
+
+def load(path, overrides=None):
+    """Read a JSON config (a UTF-8 BOM is allowed), apply overrides, and validate it."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, not a config file") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    if isinstance(raw, dict) and overrides:
+        raw = {**raw, **overrides}
+    return from_dict(raw, source=str(path))

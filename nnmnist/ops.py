@@ -1,0 +1,123 @@
+"""Ops: each computes its forward and records its backward, beside it, on the Flow.
+
+Weights are stored neuron-major, shape (out, in): row j holds neuron j's incoming weights, so
+y = x @ W.T. Both loops of meProp's sparse backward (dX[b] += dy[b,j] W[j], dW[j] += dy[b,j] x[b])
+then walk contiguous rows, and removing a neuron removes a row.
+"""
+from .tensor import Tensor
+
+
+def accumulate(t, g):
+    """Add `g` into t's gradient (taking ownership of `g` when t has none yet)."""
+    if not t.requires_grad:
+        return
+    if t._grad is None:
+        t._grad = g
+    else:
+        t._grad += g
+
+
+def matmul(flow, x, W):
+    """y = x @ W.T with the ordinary dense backward."""
+    y = Tensor(x.value @ W.value.T, requires_grad=True)
+
+    def backward():
+        dy = y.grad
+        if x.requires_grad:
+            accumulate(x, dy @ W.value)
+        W.grad += dy.T @ x.value
+        W.touched = None
+    flow.record(backward)
+    return y
+
+
+def meprop_matmul(flow, x, W, compute, select, recorder=None):
+    """y = x @ W.T; backward uses only the entries of dy that `select(dy)` keeps (meProp).
+
+    `select` returns ("rows", idx) with k column indices per example, or ("cols", cols) with
+    one column set for the whole minibatch (unified top-k). `recorder(kind, chosen, batch)`
+    sees each choice (meSimp's hit counting).
+    """
+    y = Tensor(x.value @ W.value.T, requires_grad=True)
+
+    def backward():
+        dy = y.grad
+        kind, chosen = select(dy)
+        if recorder is not None:
+            recorder(kind, chosen, dy.shape[0])
+        if kind == "rows":
+            dx = compute.meprop_backward_rows(x.value, W.value, dy, chosen, W.grad, x.requires_grad)
+        else:
+            dx = compute.meprop_backward_cols(x.value, W.value, dy, chosen, W.grad, x.requires_grad)
+        W.touched = (kind, chosen)
+        if dx is not None:
+            accumulate(x, dx)
+    flow.record(backward)
+    return y
+
+
+def add_bias(flow, h, b):
+    """y = h + b; the bias gets the whole dy, summed over the minibatch."""
+    y = Tensor(h.value + b.value, requires_grad=True)
+
+    def backward():
+        dy = y.grad
+        b.grad += dy.sum(axis=0)
+        accumulate(h, dy)
+    flow.record(backward)
+    return y
+
+
+def relu(flow, x):
+    """y = max(x, 0)."""
+    xp_mask = x.value > 0
+    y = Tensor(x.value * xp_mask, requires_grad=True)
+
+    def backward():
+        accumulate(x, y.grad * xp_mask)
+    flow.record(backward)
+    return y
+
+
+def mask(flow, x, m):
+    """y = m * x for a 0/1 float mask over the columns (meSimp's active neurons)."""
+    y = Tensor(x.value * m, requires_grad=True)
+
+    def backward():
+        accumulate(x, y.grad * m)
+    flow.record(backward)
+    return y
+
+
+def dropout(flow, x, p, rng):
+    """Inverted dropout: zero each entry with probability p, scale the rest by 1/(1-p)."""
+    keep = rng.random(x.shape, dtype=x.value.dtype) >= p
+    scale = x.value.dtype.type(1.0 / (1.0 - p))
+    m = keep * scale
+    y = Tensor(x.value * m, requires_grad=True)
+
+    def backward():
+        accumulate(x, y.grad * m)
+    flow.record(backward)
+    return y
+
+
+def softmax_cross_entropy(flow, logits, labels, xp):
+    """Per-example -log p[label] and predictions; backward hands p - onehot to the logits.
+
+    The gradient is NOT divided by the minibatch size: the original optimises the summed loss.
+    """
+    z = logits.value
+    z = z - z.max(axis=1, keepdims=True)
+    e = xp.exp(z)
+    s = e.sum(axis=1, keepdims=True)
+    rows = xp.arange(z.shape[0])
+    losses = xp.log(s[:, 0]) - z[rows, labels]
+    pred = z.argmax(axis=1)
+
+    def backward():
+        g = e / s
+        g[rows, labels] -= 1
+        accumulate(logits, g)
+    flow.record(backward)
+    return losses, pred

@@ -1,0 +1,51 @@
+"""The engine: a Tensor (value, gradient, optimizer state) and the Flow tape that replays backward."""
+
+
+class Tensor:
+    """A value with its gradient buffer; parameters also carry optimizer state and touched rows."""
+
+    def __init__(self, value, requires_grad=True, name=""):
+        self.value = value
+        self.name = name
+        self.requires_grad = requires_grad
+        self._grad = None
+        self.state = {}          # optimizer state (m, v, h, ...), keyed by name
+        self.touched = None      # rows that received gradient this step (None = all or none)
+
+    @property
+    def shape(self):
+        return self.value.shape
+
+    @property
+    def grad(self):
+        """The gradient buffer, allocated as zeros on first use and reused afterwards."""
+        if self._grad is None:
+            self._grad = self.value * 0
+        return self._grad
+
+    @grad.setter
+    def grad(self, g):
+        self._grad = g
+
+    def zero_grad(self):
+        if self._grad is not None:
+            self._grad.fill(0)
+        self.touched = None
+
+
+class Flow:
+    """A tape: ops record their backward closures while running forward; backward replays them."""
+
+    def __init__(self, training=True):
+        self.training = training
+        self._tape = []
+
+    def record(self, backward_fn):
+        if self.training:
+            self._tape.append(backward_fn)
+
+    def backward(self):
+        """Run every recorded backward in reverse order of recording, then clear the tape."""
+        for fn in reversed(self._tape):
+            fn()
+        self._tape.clear()

@@ -1,0 +1,195 @@
+"""The training run of the original: shuffle, cut into parts, train, evaluate, meSimp cycle, log."""
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .compute import get_compute
+from .networks import MLP
+from .optim import make_optimizer
+from .tensor import Flow
+
+EVAL_CHUNK = 1000
+RULE = "#" * 20
+
+
+def make_rngs(seed):
+    """Two independent generators, (data, network); a negative seed draws fresh entropy."""
+    ss = np.random.SeedSequence(seed if seed >= 0 else None)
+    data_ss, net_ss = ss.spawn(2)
+    return np.random.default_rng(data_ss), np.random.default_rng(net_ss)
+
+
+def part_bounds(n, parts):
+    """(start, size) of `parts` contiguous parts; the first n % parts get one extra example."""
+    base, extra = divmod(n, parts)
+    bounds, start = [], 0
+    for i in range(parts):
+        size = base + (1 if i < extra else 0)
+        bounds.append((start, size))
+        start += size
+    return bounds
+
+
+@dataclass
+class Timer:
+    """Seconds spent in forward, backward and update."""
+    fp: float = 0.0
+    bp: float = 0.0
+    update: float = 0.0
+
+    def add(self, other):
+        self.fp += other.fp
+        self.bp += other.bp
+        self.update += other.update
+
+
+@dataclass
+class Score:
+    loss: float
+    correct: int
+    total: int
+    seconds: float
+
+    @property
+    def acc(self):
+        return 100.0 * self.correct / max(self.total, 1)
+
+    def line(self):
+        return (f"loss: {self.loss:.4f}, acc: {self.acc:.2f}({self.correct}/{self.total}), "
+                f"time = {self.seconds:.1f}s")
+
+
+@dataclass
+class Result:
+    """What a run produced, for callers that want numbers rather than log lines."""
+    best_dev: float = -1.0
+    test_at_best: float = 0.0
+    param_count: int = 0
+    epoch_times: list = field(default_factory=list)
+    parts: list = field(default_factory=list)
+    dims: str = ""
+
+
+def evaluate(model, x, y, compute):
+    """Loss and accuracy over a whole set, with no gradient recording and no dropout."""
+    xp = compute.xp
+    start = time.perf_counter()
+    loss, correct = xp.zeros((), dtype=np.float64), xp.zeros((), dtype=np.int64)
+    flow = Flow(training=False)
+    for i in range(0, len(y), EVAL_CHUNK):
+        losses, pred = model.forward(flow, x[i:i + EVAL_CHUNK], y[i:i + EVAL_CHUNK])
+        loss += losses.sum(dtype=np.float64)
+        correct += (pred == y[i:i + EVAL_CHUNK]).sum()
+    loss, correct = float(loss), int(correct)
+    return Score(loss / max(len(y), 1), correct, len(y), time.perf_counter() - start)
+
+
+class Trainer:
+    """Holds the model, optimizer and data of one run and steps it part by part."""
+
+    def __init__(self, cfg, splits, log, compute=None):
+        self.cfg, self.log = cfg, log
+        self.compute = compute or get_compute(cfg.Backend, cfg.Kernels)
+        xp = self.compute.xp
+        self.data_rng, self.net_rng = make_rngs(cfg.RandomSeed)
+        self.trn_x, self.trn_y = xp.asarray(splits.trn_x), xp.asarray(splits.trn_y)
+        self.dev_x, self.dev_y = xp.asarray(splits.dev_x), xp.asarray(splits.dev_y)
+        self.tst_x, self.tst_y = xp.asarray(splits.tst_x), xp.asarray(splits.tst_y)
+        self.n_in = splits.trn_x.shape[1]
+        self.model = MLP(cfg, self.n_in, self.compute, self.net_rng)
+        self.opt = make_optimizer(cfg, self.model.params, self.compute, len(splits.trn_y))
+        self.order = np.arange(len(splits.trn_y))
+        self.result = Result(param_count=self.model.param_count)
+
+    def train_part(self, idx, timer, desc):
+        """Train on the examples `idx` (in order) in minibatches; return the part's Score."""
+        cfg, c, xp = self.cfg, self.compute, self.compute.xp
+        clock = time.perf_counter
+        start = clock()
+        loss, correct = xp.zeros((), dtype=np.float64), xp.zeros((), dtype=np.int64)
+        idx_dev = xp.asarray(idx)
+        n_batches = -(-len(idx) // cfg.MinibatchSize)
+        with self.log.progress(n_batches, desc) as bar:
+            for i in range(0, len(idx), cfg.MinibatchSize):
+                rows = idx_dev[i:i + cfg.MinibatchSize]
+                xb, yb = self.trn_x[rows], self.trn_y[rows]
+                t0 = clock()
+                flow = Flow(training=True)
+                losses, pred = self.model.forward(flow, xb, yb)
+                c.sync()
+                t1 = clock()
+                flow.backward()
+                c.sync()
+                t2 = clock()
+                self.opt.step()
+                c.sync()
+                t3 = clock()
+                timer.fp += t1 - t0
+                timer.bp += t2 - t1
+                timer.update += t3 - t2
+                loss += losses.sum(dtype=np.float64)
+                correct += (pred == yb).sum()
+                bar.update(1)
+        loss, correct = float(loss), int(correct)
+        return Score(loss / max(len(idx), 1), correct, len(idx), clock() - start)
+
+    def run(self):
+        """The whole run, logging as the original does; returns a Result."""
+        cfg, log, res = self.cfg, self.log, self.result
+        total = Timer()
+        best_tst = 0.0
+        for epoch in range(cfg.MaxEpoch):
+            self.data_rng.shuffle(self.order)
+            timer = Timer()
+            for part, (start, size) in enumerate(part_bounds(len(self.order), cfg.IterPerEpoch)):
+                tag = f"{epoch:02d}:{part:02d}"
+                trn = self.train_part(self.order[start:start + size], timer, tag)
+                dev = evaluate(self.model, self.dev_x, self.dev_y, self.compute)
+                log(f"{tag}: {trn.line()}")
+                log(f"\t dev: {dev.line()}")
+                tst = None
+                if dev.acc > res.best_dev:
+                    tst = evaluate(self.model, self.tst_x, self.tst_y, self.compute)
+                    res.best_dev, best_tst = dev.acc, tst.acc
+                    log(f"\t tst: {tst.line()}")
+                res.test_at_best = best_tst
+                log(f"$ {res.best_dev:.2f} | {best_tst:.2f}")
+                res.parts.append(dict(epoch=epoch, part=part, train=trn, dev=dev, test=tst))
+                if cfg.NetType == "mlpvar" and (epoch + 1) % cfg.TrainCycle == 0:
+                    self.opt.prepare()
+                    if (epoch // cfg.TrainCycle) % 2 == 0:
+                        self.model.prune(cfg.Prune)
+                        res.dims = self.model.dims()
+                        log(f"Dims: {res.dims}")
+            log(f"Time: fp: {timer.fp:.2f}s, bp: {timer.bp:.2f}s, update: {timer.update:.2f}s")
+            res.epoch_times.append(timer)
+            total.add(timer)
+        n = cfg.MaxEpoch
+        log(f"AvgTime: fp: {total.fp / n:.2f}s, bp: {total.bp / n:.2f}s, update:{total.update / n:.2f}s")
+        if cfg.NetType == "mlpvar":
+            res.dims = self.model.dims()
+        return res
+
+
+def log_header(cfg, splits, log):
+    """The config block and the data sizes that open every log."""
+    log(RULE)
+    for line in cfg.header_lines():
+        log(line)
+    log(RULE)
+    log(f"Info: #in: {splits.trn_x.shape[1]}, #out: {cfg.LabelCount}")
+    log(f"Info: #Trn: {len(splits.trn_y)}")
+    log(f"Info: #Dev: {len(splits.dev_y)}")
+    log(f"Info: #Tst: {len(splits.tst_y)}")
+
+
+def train_and_evaluate(cfg, splits, log, compute=None):
+    """Log the header, train for MaxEpoch epochs and log the end; return the Result."""
+    trainer = Trainer(cfg, splits, log, compute)
+    trainer.compute.warmup()
+    log_header(cfg, splits, log)
+    log(f"{RULE} Run Start")
+    result = trainer.run()
+    log(f"{RULE} Run End")
+    return result

@@ -1,0 +1,37 @@
+"""Shared fixtures: a tiny synthetic MNIST-shaped data set and the path of the real MNIST."""
+from collections import namedtuple
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
+
+Splits = namedtuple("Splits", "trn_x trn_y dev_x dev_y tst_x tst_y")
+
+
+def synthetic_splits(n_trn=600, n_dev=200, n_tst=200, n_in=784, seed=0):
+    """Learnable fake data: each class lights up its own block of pixels over noise."""
+    rng = np.random.default_rng(seed)
+
+    def make(n):
+        y = rng.integers(0, 10, n)
+        x = (rng.random((n, n_in)) * 0.3).astype(np.float32)
+        block = n_in // 10
+        for c in range(10):
+            x[y == c, c * block:(c + 1) * block] += 0.5
+        return np.ascontiguousarray(x), y.astype(np.int64)
+    return Splits(*make(n_trn), *make(n_dev), *make(n_tst))
+
+
+@pytest.fixture
+def tiny_splits():
+    return synthetic_splits()
+
+
+@pytest.fixture
+def mnist_dir():
+    if not (MNIST_DIR / "train-images.idx3-ubyte.gz").exists():
+        pytest.skip(f"real MNIST not found at {MNIST_DIR}")
+    return MNIST_DIR
