@@ -1,0 +1,169 @@
+"""Whole runs: the log's lines in SPEC §7's order, parameter counts, determinism, and run.py."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nnmnist.config import Config
+from nnmnist.runlog import RunLog, log_path
+from nnmnist.train import part_bounds, train_and_evaluate
+
+REPO = Path(__file__).resolve().parents[1]
+NUM = r"\d+\.\d+"
+SCORE = rf"loss: {NUM}, acc: {NUM}\(\d+/\d+\), time = {NUM}s"
+TIMES = re.compile(r"\d+\.\d+s")
+
+
+def run_tiny(tmp_path, tiny_splits, **fields):
+    fields.setdefault("RandomSeed", 7)
+    cfg = Config(MaxEpoch=2, IterPerEpoch=3, HiddenSize=32, Kernels="numpy", **fields)
+    path = log_path(tmp_path, cfg.run_name())
+    with RunLog(path, console=False) as log:
+        res = train_and_evaluate(cfg, tiny_splits, log)
+    return cfg, res, path.read_text(encoding="utf-8").splitlines()
+
+
+def check_log_structure(lines, cfg, n_trn, n_dev, n_tst, dims_after=()):
+    """Walk the log line by line against SPEC §7's grammar."""
+    it = iter(lines)
+    assert next(it) == "#" * 20
+    header = [next(it) for _ in cfg.header_lines()]
+    assert header == cfg.header_lines()
+    assert next(it) == "#" * 20
+    assert next(it) == f"Info: #in: 784, #out: {cfg.LabelCount}"
+    assert next(it) == f"Info: #Trn: {n_trn}"
+    assert next(it) == f"Info: #Dev: {n_dev}"
+    assert next(it) == f"Info: #Tst: {n_tst}"
+    assert next(it) == "#" * 20 + " Run Start"
+    rest = list(it)
+    pos = 0
+    for epoch in range(cfg.MaxEpoch):
+        for part, (_, size) in enumerate(part_bounds(n_trn, cfg.IterPerEpoch)):
+            assert re.fullmatch(rf"{epoch:02d}:{part:02d}: {SCORE}", rest[pos]), rest[pos]
+            assert re.search(rf"\(\d+/{size}\)", rest[pos])
+            assert re.fullmatch(rf"\t dev: {SCORE}", rest[pos + 1]), rest[pos + 1]
+            pos += 2
+            if rest[pos].startswith("\t tst: "):
+                assert re.fullmatch(rf"\t tst: {SCORE}", rest[pos])
+                assert f"/{n_tst})" in rest[pos]
+                pos += 1
+            assert re.fullmatch(rf"\$ {NUM} \| {NUM}", rest[pos]), rest[pos]
+            pos += 1
+            if (epoch, part) in dims_after:
+                assert re.fullmatch(r"Dims: (\d+\(\d+\), )+\d+", rest[pos]), rest[pos]
+                pos += 1
+        assert re.fullmatch(rf"Time: fp: {NUM}s, bp: {NUM}s, update: {NUM}s", rest[pos]), rest[pos]
+        pos += 1
+    assert re.fullmatch(rf"AvgTime: fp: {NUM}s, bp: {NUM}s, update:{NUM}s", rest[pos])
+    assert rest[pos + 1:] == ["#" * 20 + " Run End"]
+
+
+@pytest.mark.parametrize("net_type", ["mlp", "mlptop", "mlprand", "mlpvar"])
+def test_log_lines_in_order(tmp_path, tiny_splits, net_type):
+    cfg, res, lines = run_tiny(tmp_path, tiny_splits, NetType=net_type, TrainTop=8, TrainCycle=1)
+    dims_after = [(0, p) for p in range(3)] if net_type == "mlpvar" else ()
+    check_log_structure(lines, cfg, 600, 200, 200, dims_after)
+    # 784*32+32 + 32*32+32 + 32*10+10
+    assert res.param_count == 784 * 32 + 32 + 32 * 32 + 32 + 32 * 10 + 10
+    # It really learned (chance is 10 %); random-k at k=8 of 32 learns slowest.
+    assert res.best_dev > (15 if net_type == "mlprand" else 50)
+
+
+def test_first_dev_evaluation_always_runs_test(tmp_path, tiny_splits):
+    _, _, lines = run_tiny(tmp_path, tiny_splits)
+    start = lines.index("#" * 20 + " Run Start")
+    assert lines[start + 3].startswith("\t tst: ")
+
+
+def without_times(lines):
+    return [TIMES.sub("T", line) for line in lines]
+
+
+@pytest.mark.parametrize("net_type", ["mlprand", "mlpvar"])
+def test_same_seed_same_log(tmp_path, tiny_splits, net_type):
+    runs = {}
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        (tmp_path / name).mkdir()
+        _, _, lines = run_tiny(tmp_path / name, tiny_splits, NetType=net_type, TrainTop=8,
+                               TrainCycle=1, Dropout=0.2, RandomSeed=seed)
+        runs[name] = [line for line in without_times(lines) if "acc:" in line or "Dims" in line]
+    assert runs["a"] == runs["b"]
+    assert runs["a"] != runs["c"]  # a different seed gives different numbers
+
+
+def test_part_bounds():
+    assert part_bounds(10, 3) == [(0, 4), (4, 3), (7, 3)]
+    assert part_bounds(55000, 8) == [(i * 6875, 6875) for i in range(8)]
+    b = part_bounds(55003, 8)
+    assert [s for _, s in b] == [6876] * 3 + [6875] * 5
+    assert b[-1][0] + b[-1][1] == 55003
+
+
+def test_shuffle_is_seeded():
+    from nnmnist.train import make_rngs
+    import numpy as np
+    orders = []
+    for seed in (3, 3, 4):
+        data_rng, _ = make_rngs(seed)
+        order = np.arange(100)
+        data_rng.shuffle(order)
+        orders.append(order)
+    assert (orders[0] == orders[1]).all() and not (orders[0] == orders[2]).all()
+    a, b = make_rngs(-1)[0].random(4), make_rngs(-1)[0].random(4)
+    assert not (a == b).all()  # a negative seed is random
+
+
+def run_cli(*args, cwd=REPO, timeout=600):
+    return subprocess.run([sys.executable, str(REPO / "run.py"), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_help():
+    out = run_cli("--help")
+    assert out.returncode == 0 and "NetType" in out.stdout
+
+
+@pytest.mark.parametrize("content,needle", [
+    ('{"NetType": "mlptopp"}', 'NetType = "mlptopp": must be one of'),
+    ('{"HiddenSize": 100, "NetType": "mlptop", "TrainTop": 200}', "TrainTop = 200"),
+    ('{"Layrs": 2}', "unknown field 'Layrs'; did you mean Layers?"),
+    ('{"NetType": ', "invalid JSON"),
+    ('{"TrainFile": "nowhere-images.idx3-ubyte"}', "nowhere-images.idx3-ubyte"),
+])
+def test_cli_user_errors_are_one_line(tmp_path, content, needle):
+    cfg = tmp_path / "bad.json"
+    cfg.write_text(content)
+    out = run_cli(cfg, "--offline", "--log-dir", tmp_path)
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("error: ")
+    assert list(tmp_path.glob("*-log-*")) == []  # no half-written log
+
+
+def test_cli_missing_config(tmp_path):
+    out = run_cli(tmp_path / "none.json")
+    assert out.returncode != 0 and "config file not found" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_bad_override(tmp_path):
+    out = run_cli("--set", "MaxEpoch")
+    assert out.returncode != 0 and "expected Name=Value" in out.stderr
+
+
+def test_real_mnist_one_epoch_via_run_py(tmp_path, mnist_dir):
+    """The original's C#-style config (BOM, bare data-file names) on the real MNIST, one epoch."""
+    cfg = tmp_path / "cfg.json"
+    raw = json.loads((REPO / "configs" / "default.json").read_text(encoding="utf-8-sig"))
+    raw.update(MaxEpoch=1, RandomSeed=1, IterPerEpoch=2, DataDir=str(mnist_dir))
+    cfg.write_bytes(b"\xef\xbb\xbf" + json.dumps(raw).encode())
+    out = run_cli(cfg, "--offline", "--log-dir", tmp_path, "--quiet")
+    assert out.returncode == 0, out.stderr
+    (log,) = tmp_path.glob("mlp-adam-h500-i2-m100-log-*.txt")
+    lines = log.read_text(encoding="utf-8").splitlines()
+    check_log_structure(lines, Config(**{k: v for k, v in raw.items()}), 55000, 5000, 10000)
+    best_dev = float(next(l for l in reversed(lines) if l.startswith("$ ")).split()[1])
+    assert best_dev > 95.0, lines[-8:]
