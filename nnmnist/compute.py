@@ -13,6 +13,11 @@ class NumpyCompute:
     xp = np
     name = "numpy"
 
+    # -- randomness --------------------------------------------------------------------------
+    def uniform(self, rng, shape, dtype=np.float32):
+        """Uniform [0, 1) draws from the network's generator, as an array of this backend."""
+        return rng.random(shape, dtype=dtype)
+
     # -- meProp selection -------------------------------------------------------------------
     def select_topk_rows(self, dy, k):
         """Per row, the k columns of largest |dy| (ties: lower column first), sorted ascending."""
@@ -26,13 +31,11 @@ class NumpyCompute:
 
     def select_random_rows(self, rng, batch, n, k):
         """k distinct columns per row, uniformly at random (the k largest of uniform keys)."""
-        keys = rng.random((batch, n), dtype=np.float32)
-        return self.select_topk_rows(keys, k)
+        return self.select_topk_rows(self.uniform(rng, (batch, n)), k)
 
     def select_random_unified(self, rng, n, k):
         """k distinct columns for the whole minibatch, uniformly at random."""
-        keys = rng.random((1, n), dtype=np.float32)
-        return self.select_topk_rows(keys, k)[0]
+        return self.select_topk_rows(self.uniform(rng, (1, n)), k)[0]
 
     # -- meProp backward --------------------------------------------------------------------
     def meprop_backward_rows(self, x, W, dy, idx, dW, need_dx):

@@ -45,7 +45,7 @@ class MLP:
         for layer in self.layers[:-1]:
             h = ops.relu(flow, layer(flow, h))
             if flow.training and self.cfg.Dropout > 0:
-                h = ops.dropout(flow, h, self.cfg.Dropout, self.rng)
+                h = ops.dropout(flow, h, self.cfg.Dropout, self.rng, self.compute)
         logits = self.layers[-1](flow, h)
         return ops.softmax_cross_entropy(flow, logits, labels, self.compute.xp)
 

@@ -89,9 +89,9 @@ def mask(flow, x, m):
     return y
 
 
-def dropout(flow, x, p, rng):
+def dropout(flow, x, p, rng, compute):
     """Inverted dropout: zero each entry with probability p, scale the rest by 1/(1-p)."""
-    keep = rng.random(x.shape, dtype=x.value.dtype) >= p
+    keep = compute.uniform(rng, x.shape, x.value.dtype) >= p
     scale = x.value.dtype.type(1.0 / (1.0 - p))
     m = keep * scale
     y = Tensor(x.value * m, requires_grad=True)

@@ -74,8 +74,8 @@ def test_mask():
 def test_dropout_with_fixed_draw():
     rng = np.random.default_rng(5)
     x = leaf(rng.normal(size=(6, 8)))
-    check_op(lambda f, t: ops.dropout(f, t, 0.3, np.random.default_rng(9)), [x])
-    y = ops.dropout(Flow(), x, 0.3, np.random.default_rng(9)).value
+    check_op(lambda f, t: ops.dropout(f, t, 0.3, np.random.default_rng(9), C), [x])
+    y = ops.dropout(Flow(), x, 0.3, np.random.default_rng(9), C).value
     kept = y != 0
     np.testing.assert_allclose(y[kept], x.value[kept] / 0.7)
 
