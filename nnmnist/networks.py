@@ -53,6 +53,11 @@ class MLP:
         for layer in self.masked_layers:
             layer.prune(fraction)
 
+    def active_dims(self):
+        """Active neurons per layer (hidden widths for unmasked layers, then the output)."""
+        return [layer.active_count if isinstance(layer, MaskedDense) else layer.n_out
+                for layer in self.layers]
+
     def dims(self):
         """`active(total)` for each masked layer, then the output width, as the log prints it."""
         parts = []

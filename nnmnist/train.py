@@ -1,6 +1,6 @@
 """The training run of the original: shuffle, cut into parts, train, evaluate, meSimp cycle, log."""
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -13,10 +13,14 @@ EVAL_CHUNK = 1000
 RULE = "#" * 20
 
 
+def effective_seed(seed):
+    """The seed a run uses: the configured one, or for a negative one a seed from the clock."""
+    return seed if seed >= 0 else time.time_ns() % (2 ** 31)
+
+
 def make_rngs(seed):
-    """Two independent generators, (data, network); a negative seed draws fresh entropy."""
-    ss = np.random.SeedSequence(seed if seed >= 0 else None)
-    data_ss, net_ss = ss.spawn(2)
+    """Two independent generators, (data, network), from one non-negative seed."""
+    data_ss, net_ss = np.random.SeedSequence(seed).spawn(2)
     return np.random.default_rng(data_ss), np.random.default_rng(net_ss)
 
 
@@ -69,6 +73,7 @@ class Result:
     epoch_times: list = field(default_factory=list)
     parts: list = field(default_factory=list)
     dims: str = ""
+    total: Timer = field(default_factory=Timer)
 
 
 def evaluate(model, x, y, compute):
@@ -92,7 +97,8 @@ class Trainer:
         self.cfg, self.log = cfg, log
         self.compute = compute or get_compute(cfg.Backend, cfg.Kernels)
         xp = self.compute.xp
-        self.data_rng, self.net_rng = make_rngs(cfg.RandomSeed)
+        self.seed = effective_seed(cfg.RandomSeed)
+        self.data_rng, self.net_rng = make_rngs(self.seed)
         self.trn_x, self.trn_y = xp.asarray(splits.trn_x), xp.asarray(splits.trn_y)
         self.dev_x, self.dev_y = xp.asarray(splits.dev_x), xp.asarray(splits.dev_y)
         self.tst_x, self.tst_y = xp.asarray(splits.tst_x), xp.asarray(splits.tst_y)
@@ -144,7 +150,9 @@ class Trainer:
             timer = Timer()
             for part, (start, size) in enumerate(part_bounds(len(self.order), cfg.IterPerEpoch)):
                 tag = f"{epoch:02d}:{part:02d}"
-                trn = self.train_part(self.order[start:start + size], timer, tag)
+                part_timer = Timer()
+                trn = self.train_part(self.order[start:start + size], part_timer, tag)
+                timer.add(part_timer)
                 dev = evaluate(self.model, self.dev_x, self.dev_y, self.compute)
                 log(f"{tag}: {trn.line()}")
                 log(f"\t dev: {dev.line()}")
@@ -155,21 +163,50 @@ class Trainer:
                     log(f"\t tst: {tst.line()}")
                 res.test_at_best = best_tst
                 log(f"$ {res.best_dev:.2f} | {best_tst:.2f}")
-                res.parts.append(dict(epoch=epoch, part=part, train=trn, dev=dev, test=tst))
+                pruned = False
                 if cfg.NetType == "mlpvar" and (epoch + 1) % cfg.TrainCycle == 0:
                     self.opt.prepare()
                     if (epoch // cfg.TrainCycle) % 2 == 0:
                         self.model.prune(cfg.Prune)
-                        res.dims = self.model.dims()
-                        log(f"Dims: {res.dims}")
+                        pruned = True
+                        log(f"Dims: {self.model.dims()}")
+                record = part_record(epoch, part, trn, dev, tst, res, part_timer, self.model, pruned)
+                res.parts.append(record)
+                log.record(record)
             log(f"Time: fp: {timer.fp:.2f}s, bp: {timer.bp:.2f}s, update: {timer.update:.2f}s")
             res.epoch_times.append(timer)
             total.add(timer)
         n = cfg.MaxEpoch
         log(f"AvgTime: fp: {total.fp / n:.2f}s, bp: {total.bp / n:.2f}s, update:{total.update / n:.2f}s")
-        if cfg.NetType == "mlpvar":
-            res.dims = self.model.dims()
+        res.total = total
+        res.dims = self.model.dims()
+        log.record(summary_record(cfg, res, self))
         return res
+
+
+def part_record(epoch, part, trn, dev, tst, res, timer, model, pruned):
+    """One JSON Lines record per part: the numbers of the log's lines for that part."""
+    return {
+        "type": "part", "epoch": epoch, "part": part,
+        "train_loss": trn.loss, "train_acc": trn.acc, "train_correct": trn.correct,
+        "train_total": trn.total, "train_seconds": trn.seconds,
+        "dev_loss": dev.loss, "dev_acc": dev.acc,
+        "test_loss": tst.loss if tst else None, "test_acc": tst.acc if tst else None,
+        "best_dev": res.best_dev, "test_at_best": res.test_at_best,
+        "fp": timer.fp, "bp": timer.bp, "update": timer.update,
+        "dims": model.active_dims(), "pruned": pruned,
+    }
+
+
+def summary_record(cfg, res, trainer):
+    """The final record: best dev, test at best dev, total times, final dims and the config."""
+    return {
+        "type": "summary", "run_name": cfg.run_name(), "seed": trainer.seed,
+        "best_dev": res.best_dev, "test_at_best": res.test_at_best,
+        "param_count": res.param_count, "epochs": cfg.MaxEpoch,
+        "fp": res.total.fp, "bp": res.total.bp, "update": res.total.update,
+        "dims": trainer.model.active_dims(), "config": asdict(cfg),
+    }
 
 
 def log_header(cfg, splits, log):
