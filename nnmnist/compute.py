@@ -127,6 +127,13 @@ class NumbaCompute(NumpyCompute):
     def __init__(self):
         from . import kernels
         self.k = kernels
+        self._workspaces = {}  # (k, n_out) -> reusable scratch of the sparse backward
+
+    def _workspace(self, batch, k, n_out):
+        ws = self._workspaces.get((k, n_out))
+        if ws is None or not ws.fits(batch, k, n_out):
+            ws = self._workspaces[(k, n_out)] = self.k.BackwardWorkspace(batch, k, n_out)
+        return ws
 
     def select_topk_rows(self, dy, k):
         return self.k.topk_rows(dy, k)
@@ -135,7 +142,8 @@ class NumbaCompute(NumpyCompute):
         return self.k.topk_cols_unified(dy, k)
 
     def meprop_backward_rows(self, x, W, dy, idx, dW, need_dx):
-        dx, _ = self.k.sparse_backward(x, W, dy, idx, dW=dW, need_dx=need_dx)
+        ws = self._workspace(*idx.shape, W.shape[0])
+        dx, _ = self.k.sparse_backward(x, W, dy, idx, dW=dW, need_dx=need_dx, workspace=ws)
         return dx
 
     def touched_rows(self, kind, chosen, n_out):

@@ -1,0 +1,43 @@
+"""CPU hot loops (Numba): meProp top-k, sparse backward, meSimp records, fused optimizers.
+
+Each public function validates its arguments and allocates outputs, then calls a private
+compiled kernel. JIT flags and the serial/parallel choice live in `_jit`.
+"""
+import numpy as np
+
+from ._jit import forced_mode, get_mode, set_mode
+from .optim import (adagrad_update, adagrad_update_rows, adam_update, adam_update_rows,
+                    sgd_update, sgd_update_rows)
+from .sparse import BackwardWorkspace, record_hits, rows_touched, sparse_backward
+from .threads import set_num_threads
+from .topk import topk_cols_unified, topk_rows
+
+__all__ = [
+    "topk_rows", "topk_cols_unified", "sparse_backward", "BackwardWorkspace",
+    "rows_touched", "record_hits", "sgd_update", "adagrad_update", "adam_update",
+    "sgd_update_rows", "adagrad_update_rows", "adam_update_rows", "set_num_threads",
+    "warmup", "get_mode", "set_mode", "forced_mode",
+]
+
+
+def warmup():
+    """Compile (or load from cache) every kernel, serial and parallel, on tiny inputs."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((3, 5)).astype(np.float32)
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    W = rng.standard_normal((5, 4)).astype(np.float32)
+    rows = np.array([0, 2], np.int32)
+    for mode in ("serial", "parallel"):
+        with forced_mode(mode):
+            idx = topk_rows(a, 2)
+            topk_cols_unified(a, 2)
+            sparse_backward(x, W, a, idx, dW=np.zeros_like(W))
+            rows_touched(idx, 5)
+            record_hits(idx, np.zeros(5, np.int64))
+            z = [np.zeros_like(W) for _ in range(3)]
+            sgd_update(W.copy(), z[0], 0.1, 1.0)
+            adagrad_update(W.copy(), z[0], z[1], 0.1, 1e-6, 0.0, 1.0)
+            adam_update(W.copy(), z[0], z[1], z[2], 0.1, 0.0, 1.0)
+            sgd_update_rows(W.copy(), z[0], rows, 0.1, 1.0)
+            adagrad_update_rows(W.copy(), z[0], z[1], rows, 0.1, 1e-6, 0.0, 1.0)
+            adam_update_rows(W.copy(), z[0], z[1], z[2], rows, 0.1, 0.0, 1.0)

@@ -1,0 +1,98 @@
+"""JIT flags and the serial/parallel choice, in one place.
+
+Every kernel module decorates with `kernel` (serial only) or `variants` (a serial and a
+parallel compilation of the same source), and public wrappers ask `Variants.pick(work)`
+which one to run. Nothing else in the package sets Numba flags.
+"""
+import os
+import types
+from contextlib import contextmanager
+
+import numba
+
+# On-disk cache of compiled machine code (in __pycache__); NNMNIST_NUMBA_CACHE=0 turns it off.
+CACHE = os.environ.get("NNMNIST_NUMBA_CACHE", "1") != "0"
+# fastmath stays off everywhere: top-k compares keys exactly, and the arithmetic kernels
+# promise to match a plain NumPy float32 implementation (they are memory-bound, so
+# reassociation would buy nothing anyway).
+FASTMATH = False
+# Below this many multiply-adds (or equivalent) a kernel runs serially: waking the thread
+# pool costs more than it saves (measured with `python -m nnmnist.kernels.bench` on 2 cores;
+# e.g. sparse_backward at B=10, in=500, k=20 is 1e5 and faster serially).
+PARALLEL_MIN_WORK = 1 << 17
+
+# "auto" (parallel when it pays and more than one thread is set), "serial" or "parallel".
+_MODES = ("auto", "serial", "parallel")
+_mode = os.environ.get("NNMNIST_KERNEL_MODE", "auto")
+if _mode not in _MODES:
+    _mode = "auto"
+
+
+def kernel(fn):
+    """Compile `fn` serially with the package's flags."""
+    return numba.njit(fn, cache=CACHE, fastmath=FASTMATH, nogil=True)
+
+
+def _renamed(fn, suffix):
+    # Numba's on-disk cache is keyed by qualified name, not by flags, so the serial and
+    # parallel compilations of one source need distinct names or they overwrite each other.
+    clone = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix,
+                               fn.__defaults__, fn.__closure__)
+    clone.__qualname__ = fn.__qualname__ + suffix
+    clone.__module__ = fn.__module__
+    clone.__doc__ = fn.__doc__
+    return clone
+
+
+class Variants:
+    """A serial and a parallel (prange) compilation of one kernel source."""
+
+    __slots__ = ("serial", "parallel")
+
+    def __init__(self, fn):
+        self.serial = numba.njit(_renamed(fn, "_serial"), cache=CACHE, fastmath=FASTMATH,
+                                 nogil=True, parallel=False)
+        self.parallel = numba.njit(_renamed(fn, "_parallel"), cache=CACHE, fastmath=FASTMATH,
+                                   nogil=True, parallel=True)
+
+    def pick(self, work):
+        """The compilation to run for about `work` element-operations."""
+        return self.parallel if use_parallel(work) else self.serial
+
+
+def variants(fn):
+    """Decorator: compile `fn` twice, serial and parallel."""
+    return Variants(fn)
+
+
+def use_parallel(work):
+    """The one place where serial vs parallel is decided."""
+    if _mode == "serial":
+        return False
+    if _mode == "parallel":
+        return True
+    return work >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1
+
+
+def get_mode():
+    """The current choice rule: 'auto', 'serial' or 'parallel'."""
+    return _mode
+
+
+def set_mode(mode):
+    """Set the choice rule ('auto', 'serial' or 'parallel') for this process."""
+    global _mode
+    if mode not in _MODES:
+        raise ValueError(f"kernel mode must be one of {_MODES}, got {mode!r}")
+    _mode = mode
+
+
+@contextmanager
+def forced_mode(mode):
+    """Temporarily run every kernel serially or in parallel (tests, warm-up)."""
+    old = _mode
+    set_mode(mode)
+    try:
+        yield
+    finally:
+        set_mode(old)
