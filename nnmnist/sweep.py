@@ -1,0 +1,704 @@
+"""Sweeps: run a grid of config overrides x seeds as separate `run.py` processes, and collect the results.
+
+    python -m nnmnist.sweep SPEC.json [--out DIR] [--jobs N] [--offline] [--dry-run]
+    python -m nnmnist.sweep summarize OUT [--by NetType,TrainTop]
+
+A spec is a JSON object (see docs/SWEEPS.md):
+
+    {"base": "configs/default.json",             # relative to the spec's folder, else to the cwd
+     "set":  {"MaxEpoch": 20},                    # fixed overrides for every run
+     "grid": {"NetType": ["mlp", "mlptop"], "RandomSeed": [1, 2, 3]},   # cartesian product
+     "runs": [{"NetType": "mlp"}, {"NetType": "mlptop", "TrainTop": 80}]}  # optional explicit list
+
+The runs are every entry of "runs" (or one empty entry) times every combination of "grid". Each
+run's id is its overrides, `NetType=mlptop,TrainTop=80,RandomSeed=1`, and its files (the log,
+the metrics `.jsonl`, `stderr.txt`, `run.json`) go to `OUT/runs/<id>/`. A run whose folder holds
+a summary record is done and is skipped when the sweep is run again; a folder without one (an
+interrupted or failed run) is emptied and the run is started again. After every finished run
+`OUT/results.csv` and `OUT/results.json` are rewritten (temp file + rename).
+
+Execution goes through a small executor interface (`Executor`): `submit(task)` returns a
+`concurrent.futures.Future` whose result is a `RunOutcome`, and `shutdown(cancel)` stops it.
+`LocalPoolExecutor` runs the tasks as subprocesses of this machine, `jobs` at a time. The work
+of one run is the module-level function `execute_run(task)`, which takes a plain, picklable
+`RunTask` and returns a plain `RunOutcome` that carries the run's summary record, so a
+multi-machine backend on an existing distributed engine can be added as another `Executor`
+without reshaping the driver: for Ray, `submit` would return
+`ray.remote(execute_run).remote(task).future()`; for Dask, `client.submit(execute_run, task)`
+wrapped in a `concurrent.futures.Future`. Such a backend needs `OUT` on storage that the
+workers share (or must copy each run folder back), since resuming looks for the summary there.
+"""
+import argparse
+import concurrent.futures as cf
+import csv
+import dataclasses
+import difflib
+import hashlib
+import io
+import itertools
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from . import config as config_mod
+from .errors import UserError
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+RUN_PY = PROJECT_DIR / "run.py"
+SPEC_KEYS = ("base", "set", "grid", "runs", "description")
+DEFAULT_BASE = PROJECT_DIR / "configs" / "default.json"
+MAX_ID_LEN = 100
+SAFE_ID = re.compile(r"[^A-Za-z0-9._=,+-]")
+# Summary-config fields that do not change what a run computes, so a difference does not make
+# a finished run stale (LogDir is overridden by --log-dir; Threads only changes the speed).
+NEUTRAL_FIELDS = {"LogDir", "Threads"}
+
+
+# ---------------------------------------------------------------- the spec and the plan
+
+@dataclasses.dataclass(frozen=True)
+class RunTask:
+    """Everything one run needs, as plain data (picklable, for remote executors)."""
+    run_id: str
+    overrides: dict      # the grid/runs values that name the run
+    set_fields: dict     # every field passed to run.py with --set (spec "set" + overrides)
+    config: dict         # the full config the run will use (validated)
+    command: tuple       # argv of the run
+    run_dir: str
+    cwd: str
+
+
+@dataclasses.dataclass
+class RunOutcome:
+    """What came back from one run: exit status, wall time, its summary record and log file."""
+    run_id: str
+    returncode: int
+    seconds: float
+    summary: dict = None
+    log_file: str = None
+    error: str = None
+
+
+@dataclasses.dataclass
+class Plan:
+    spec_path: Path
+    base: Path
+    fixed: dict
+    override_fields: list
+    tasks: list
+    out: Path
+
+
+def format_value(v):
+    """A value as it appears in a run id: strings bare, everything else as compact JSON."""
+    if isinstance(v, str):
+        return v
+    return json.dumps(v, separators=(",", ":"))
+
+
+def run_id_of(overrides):
+    """A readable, file-system-safe, deterministic id; a short hash is added if it had to be changed or cut."""
+    if not overrides:
+        return "base"
+    readable = ",".join(f"{k}={format_value(v)}" for k, v in overrides.items())
+    safe = SAFE_ID.sub("_", readable)
+    if safe.startswith("."):
+        safe = "_" + safe[1:]
+    if safe == readable and len(safe) <= MAX_ID_LEN:
+        return safe
+    digest = hashlib.sha1(json.dumps(overrides, sort_keys=True).encode("utf-8")).hexdigest()[:8]
+    return f"{safe[:MAX_ID_LEN - 9]}-{digest}"
+
+
+def _read_json(path, what):
+    try:
+        text = Path(path).read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise UserError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, not a {what}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+
+
+def _resolve_base(spec_path, base):
+    candidates = [Path(base).expanduser()]
+    if not candidates[0].is_absolute():
+        candidates = [spec_path.parent / base, Path.cwd() / base]
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    looked = " and ".join(str(c) for c in dict.fromkeys(candidates))
+    raise UserError(f"{spec_path}: base config {base!r} not found (looked for {looked})")
+
+
+def _check_fields(spec_path, where, names):
+    for name in names:
+        if name not in config_mod.FIELD_TYPES:
+            close = difflib.get_close_matches(name, config_mod.FIELD_TYPES, n=1, cutoff=0.0)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise UserError(f"{spec_path}: {where}: unknown field {name!r}{hint}")
+
+
+def load_spec(spec_path):
+    """Read and check a spec's shape; return (base path, set dict, grid dict, runs list)."""
+    spec_path = Path(spec_path)
+    spec = _read_json(spec_path, "sweep spec")
+    if not isinstance(spec, dict):
+        raise UserError(f"{spec_path}: the top level must be a JSON object, not {type(spec).__name__}")
+    for key in spec:
+        if key not in SPEC_KEYS:
+            close = difflib.get_close_matches(key, SPEC_KEYS, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UserError(f"{spec_path}: unknown key {key!r}{hint} (allowed: {', '.join(SPEC_KEYS)})")
+    base = spec.get("base")
+    if base is None:
+        base_path = DEFAULT_BASE
+    elif not isinstance(base, str) or not base.strip():
+        raise UserError(f"{spec_path}: \"base\" must be the path of a config file")
+    else:
+        base_path = _resolve_base(spec_path, base)
+    fixed = spec.get("set", {})
+    if not isinstance(fixed, dict):
+        raise UserError(f"{spec_path}: \"set\" must be an object of field: value")
+    _check_fields(spec_path, '"set"', fixed)
+    grid = spec.get("grid", {})
+    if not isinstance(grid, dict):
+        raise UserError(f"{spec_path}: \"grid\" must be an object of field: [values]")
+    _check_fields(spec_path, '"grid"', grid)
+    for name, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise UserError(f"{spec_path}: grid field {name} must be a non-empty list of values")
+        if name in fixed:
+            raise UserError(f"{spec_path}: field {name} is in both \"set\" and \"grid\"")
+    runs = spec.get("runs")
+    if runs is None:
+        runs = [{}]
+    elif not isinstance(runs, list) or not runs or not all(isinstance(r, dict) for r in runs):
+        raise UserError(f"{spec_path}: \"runs\" must be a non-empty list of objects of field: value")
+    for i, entry in enumerate(runs):
+        _check_fields(spec_path, f'"runs"[{i}]', entry)
+        for name in entry:
+            if name in grid:
+                raise UserError(f"{spec_path}: field {name} is in both \"runs\"[{i}] and \"grid\"")
+            if name in fixed:
+                raise UserError(f"{spec_path}: field {name} is in both \"runs\"[{i}] and \"set\"")
+    return base_path, fixed, grid, runs
+
+
+def build_plan(spec_path, out=None, offline=False):
+    """Every run of the spec, each validated with the config loader before anything is launched."""
+    spec_path = Path(spec_path)
+    base, fixed, grid, runs = load_spec(spec_path)
+    base_cfg = config_mod.load(base)  # a broken base config is reported as itself
+    fixed = dict(fixed)
+    mentioned = set(fixed) | set(grid) | {k for r in runs for k in r}
+    if "Threads" not in mentioned and base_cfg.Threads == 0:
+        fixed["Threads"] = 1  # one process per core; BLAS/Numba defaults would oversubscribe
+    out = Path(out) if out else Path("sweeps") / spec_path.stem
+    names = list(grid)
+    tasks, seen, override_fields = [], {}, []
+    for entry in runs:
+        for combo in itertools.product(*(grid[n] for n in names)):
+            overrides = {**entry, **dict(zip(names, combo))}
+            for k in overrides:
+                if k not in override_fields:
+                    override_fields.append(k)
+            run_id = run_id_of(overrides)
+            if run_id in seen:
+                raise UserError(f"{spec_path}: run {run_id} appears twice in the spec")
+            seen[run_id] = True
+            set_fields = {**fixed, **overrides}
+            try:
+                cfg = config_mod.load(base, set_fields)
+            except UserError as exc:
+                raise UserError(f"{spec_path}: run {run_id}: {exc}") from None
+            run_dir = (out / "runs" / run_id).resolve()
+            command = [sys.executable, *_entry_point(), str(base)]
+            for k, v in set_fields.items():
+                command += ["--set", f"{k}={json.dumps(v)}"]
+            command += ["--log-dir", str(run_dir), "--quiet"]
+            if offline:
+                command.append("--offline")
+            tasks.append(RunTask(run_id, overrides, set_fields, dataclasses.asdict(cfg),
+                                 tuple(command), str(run_dir), os.getcwd()))
+    return Plan(spec_path, base, fixed, override_fields, tasks, out.resolve())
+
+
+def _entry_point():
+    """run.py beside the package, or the same entry point through -c for an installed package."""
+    if RUN_PY.is_file():
+        return [str(RUN_PY)]
+    return ["-c", "import sys; from nnmnist.cli import main; sys.exit(main(sys.argv[1:]))"]
+
+
+# ---------------------------------------------------------------- one run
+
+def find_summary(run_dir):
+    """(summary record, log file) of a finished run in run_dir, or (None, None)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return None, None
+    for metrics in sorted(run_dir.glob("*.jsonl")):
+        try:
+            lines = metrics.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            continue
+        for line in reversed(lines):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            if isinstance(rec, dict) and rec.get("type") == "summary":
+                log = metrics.with_name(metrics.name[:-len(".jsonl")] + ".txt")
+                return rec, str(log)
+            break
+    return None, None
+
+
+def last_line(path):
+    try:
+        lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8", errors="replace").splitlines()]
+    except OSError:
+        return ""
+    lines = [ln for ln in lines if ln]
+    return lines[-1] if lines else ""
+
+
+def execute_run(task, on_start=None):
+    """Run one task to the end in a fresh, empty run folder; return its RunOutcome.
+
+    A module-level function of plain data, so that any executor (local or remote) can call it.
+    `on_start(popen)` lets a local executor keep hold of the process to stop it.
+    """
+    run_dir = Path(task.run_dir)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps({
+        "run_id": task.run_id, "overrides": task.overrides, "set": task.set_fields,
+        "command": shlex.join(task.command), "cwd": task.cwd}, indent=2) + "\n", encoding="utf-8")
+    start = time.monotonic()
+    with open(run_dir / "stdout.txt", "wb") as out, open(run_dir / "stderr.txt", "wb") as err:
+        proc = subprocess.Popen(task.command, cwd=task.cwd, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=err)
+        if on_start is not None:
+            on_start(proc)
+        returncode = proc.wait()
+    seconds = time.monotonic() - start
+    summary, log_file = find_summary(run_dir)
+    error = None
+    if returncode != 0:
+        error = last_line(run_dir / "stderr.txt") or f"exit status {returncode}"
+    elif summary is None:
+        error = "the run ended without a summary record"
+    return RunOutcome(task.run_id, returncode, seconds, summary, log_file, error)
+
+
+# ---------------------------------------------------------------- executors
+
+class Executor:
+    """Where runs execute. `submit(task)` returns a concurrent.futures.Future of a RunOutcome;
+    `shutdown(cancel)` waits for (or, with cancel=True, stops) what was submitted.
+
+    The local pool below is the default. A multi-machine backend on an existing distributed
+    engine (Ray, Dask) implements the same two methods around `execute_run`; see the module
+    docstring.
+    """
+
+    def submit(self, task):
+        raise NotImplementedError
+
+    def shutdown(self, cancel=False):
+        raise NotImplementedError
+
+
+class LocalPoolExecutor(Executor):
+    """At most `jobs` runs at a time, each a subprocess of this machine."""
+
+    def __init__(self, jobs):
+        self.jobs = jobs
+        self._pool = cf.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="sweep")
+        self._procs = set()
+        self._lock = threading.Lock()
+        self._cancelled = False
+
+    def _run(self, task):
+        if self._cancelled:
+            raise cf.CancelledError()
+
+        def started(proc):
+            with self._lock:
+                self._procs.add(proc)
+                cancelled = self._cancelled
+            if cancelled:
+                proc.terminate()
+        try:
+            return execute_run(task, on_start=started)
+        finally:
+            with self._lock:
+                self._procs = {p for p in self._procs if p.poll() is None}
+
+    def submit(self, task):
+        return self._pool.submit(self._run, task)
+
+    def shutdown(self, cancel=False):
+        if cancel:
+            with self._lock:
+                self._cancelled = True
+                procs = list(self._procs)
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+            for p in procs:
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        self._pool.shutdown(wait=True, cancel_futures=cancel)
+
+
+def default_jobs():
+    """Half the cores (at least one): each run is given one thread, and the machine is shared."""
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+# ---------------------------------------------------------------- results
+
+CSV_METRICS = ["seed", "best_dev", "test_at_best", "epochs", "fp", "bp", "update", "bp_per_epoch",
+               "dims", "param_count", "seconds", "returncode", "error", "log_file", "run_dir"]
+
+
+def _rel(path, out):
+    if not path:
+        return None
+    try:
+        return str(Path(path).resolve().relative_to(out))
+    except ValueError:
+        return str(path)
+
+
+def result_row(task, status, out, summary=None, outcome=None, log_file=None):
+    s = summary or {}
+    epochs = s.get("epochs")
+    bp = s.get("bp")
+    return {
+        "run_id": task.run_id, "status": status, "overrides": task.overrides,
+        "seed": s.get("seed"), "best_dev": s.get("best_dev"), "test_at_best": s.get("test_at_best"),
+        "epochs": epochs, "fp": s.get("fp"), "bp": bp, "update": s.get("update"),
+        "bp_per_epoch": bp / epochs if bp is not None and epochs else None,
+        "dims": s.get("dims"), "param_count": s.get("param_count"),
+        "seconds": round(outcome.seconds, 3) if outcome else None,
+        "returncode": outcome.returncode if outcome else None,
+        "error": outcome.error if outcome else None,
+        "log_file": _rel(log_file, out), "run_dir": _rel(task.run_dir, out),
+        "config": s.get("config") or task.config,
+    }
+
+
+def _write_atomic(path, text):
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_results(plan, rows):
+    """OUT/results.json (rows with overrides and config) and OUT/results.csv (one column per override field)."""
+    doc = {"spec": str(plan.spec_path.resolve()), "base": str(plan.base), "set": plan.fixed,
+           "override_fields": plan.override_fields, "runs": rows}
+    _write_atomic(plan.out / "results.json", json.dumps(doc, indent=1) + "\n")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["run_id", "status", *plan.override_fields, *CSV_METRICS])
+    for r in rows:
+        cells = [r["run_id"], r["status"]]
+        cells += [format_value(r["overrides"][k]) if k in r["overrides"] else "" for k in plan.override_fields]
+        for k in CSV_METRICS:
+            v = r[k]
+            if k == "dims" and v is not None:
+                v = " ".join(map(str, v))
+            cells.append("" if v is None else v)
+        w.writerow(cells)
+    _write_atomic(plan.out / "results.csv", buf.getvalue())
+
+
+# ---------------------------------------------------------------- the driver
+
+def _stale_field(task, summary):
+    """The first field whose finished value differs from what the spec now asks, or None."""
+    done = summary.get("config") or {}
+    for k, v in task.config.items():
+        if k in done and k not in NEUTRAL_FIELDS and done[k] != v:
+            return k, done[k], v
+    return None
+
+
+def _prefetch(tasks, config_dir, offline):
+    """Fetch MNIST once before parallel runs start, so that they do not all download it at once."""
+    from . import fetch
+    from .data import data_dir_of, resolve_data_file
+    if offline or fetch.is_offline():
+        return
+    fields = ("TrainFile", "TrainLabelFile", "TestFile", "TestLabelFile")
+    seen = set()
+    for t in tasks:
+        cfg = config_mod.Config(**t.config)
+        data_dir = data_dir_of(cfg)
+        names = tuple(getattr(cfg, f) for f in fields)
+        if (str(data_dir), names) in seen:
+            continue
+        seen.add((str(data_dir), names))
+        missing = [n for n in names if resolve_data_file(n, data_dir, config_dir) is None]
+        keys = [fetch.standard_name(n) for n in missing]
+        if missing and all(keys):
+            print(f"fetching MNIST into {data_dir} before the runs start", flush=True)
+            try:
+                fetch.fetch_mnist(data_dir, keys)
+            except UserError as exc:
+                print(f"warning: could not fetch MNIST ahead of the runs ({exc}); each run will try",
+                      flush=True)
+
+
+def run_sweep(plan, jobs, executor=None, dry_run=False, offline=False, echo=print):
+    """Skip finished runs, run the rest, rewrite the results after each; return the exit status."""
+    rows, todo = {}, []
+    for t in plan.tasks:
+        summary, log_file = find_summary(t.run_dir)
+        if summary is not None:
+            stale = _stale_field(t, summary)
+            if stale:
+                k, was, now = stale
+                raise UserError(f"{t.run_dir} holds a finished run with {k} = {json.dumps(was)}, but "
+                                f"the spec now gives {json.dumps(now)}; use another --out or delete that folder")
+            rows[t.run_id] = result_row(t, "done", plan.out, summary, log_file=log_file)
+        else:
+            rows[t.run_id] = result_row(t, "pending", plan.out)
+            todo.append(t)
+    done_before = len(plan.tasks) - len(todo)
+    if dry_run:
+        for t in plan.tasks:
+            state = "done" if rows[t.run_id]["status"] == "done" else "to run"
+            echo(f"{state:6}  {t.run_id}\n        {shlex.join(t.command)}")
+        echo(f"{len(plan.tasks)} runs: {done_before} done, {len(todo)} to run ({jobs} at a time); "
+             f"results in {plan.out}")
+        return 0
+    plan.out.mkdir(parents=True, exist_ok=True)
+    (plan.out / "runs").mkdir(exist_ok=True)
+
+    def save():
+        write_results(plan, [rows[t.run_id] for t in plan.tasks])
+    save()
+    echo(f"sweep: {len(plan.tasks)} runs, {done_before} already done, {len(todo)} to run "
+         f"({jobs} at a time); results in {plan.out}")
+    if not todo:
+        return 0
+    if jobs > 1:
+        _prefetch(todo, plan.base.parent, offline)
+    executor = executor or LocalPoolExecutor(jobs)
+    failed, finished = 0, 0
+    futures = {}
+    try:
+        futures = {executor.submit(t): t for t in todo}
+        for fut in cf.as_completed(futures):
+            t = futures[fut]
+            finished += 1
+            tag = f"[{finished}/{len(todo)}]"
+            try:
+                outcome = fut.result()
+            except Exception as exc:  # the executor itself failed on this run
+                outcome = RunOutcome(t.run_id, -1, 0.0, error=f"{type(exc).__name__}: {exc}")
+            if outcome.error is None:
+                rows[t.run_id] = result_row(t, "done", plan.out, outcome.summary, outcome, outcome.log_file)
+                s = outcome.summary
+                echo(f"{tag} done    {t.run_id}: best dev {s['best_dev']:.2f}, test at best "
+                     f"{s['test_at_best']:.2f} ({outcome.seconds:.0f}s)")
+            else:
+                failed += 1
+                rows[t.run_id] = result_row(t, "failed", plan.out, outcome=outcome)
+                echo(f"{tag} FAILED  {t.run_id}: {outcome.error} (see {Path(t.run_dir) / 'stderr.txt'})")
+            save()
+    except KeyboardInterrupt:
+        executor.shutdown(cancel=True)
+        save()
+        echo("interrupted; run the same command again to resume")
+        return 130
+    executor.shutdown()
+    ok = len(plan.tasks) - sum(r["status"] != "done" for r in rows.values())
+    echo(f"sweep: {ok} of {len(plan.tasks)} runs done, {failed} failed; results in "
+         f"{plan.out / 'results.csv'} and results.json")
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------- summarize
+
+def _mean_std(values):
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return mean, std
+
+
+def _fmt_mean_std(values, digits=2):
+    if not values:
+        return "–"
+    mean, std = _mean_std(values)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{mean:.{digits}f} ± –"
+
+
+def load_results(out):
+    """The rows of a sweep's results.json (OUT or the file itself)."""
+    path = Path(out)
+    if path.is_dir():
+        path = path / "results.json"
+    doc = _read_json(path, "sweep results file")
+    rows = doc.get("runs") if isinstance(doc, dict) else doc
+    if not isinstance(rows, list):
+        raise UserError(f"{path}: not a sweep results file (no list of runs)")
+    return doc if isinstance(doc, dict) else {"runs": rows}, rows, path
+
+
+def summarize(out, by=None):
+    """A markdown table: per group of `by` fields, over seeds, mean ± sample std of the accuracies."""
+    doc, rows, path = load_results(out)
+    if by is None:
+        by = [f for f in doc.get("override_fields", []) if f != "RandomSeed"]
+    for f in by:
+        if f not in config_mod.FIELD_TYPES:
+            close = difflib.get_close_matches(f, config_mod.FIELD_TYPES, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise UserError(f"--by: unknown field {f!r}{hint}")
+    done = [r for r in rows if r.get("status") == "done"]
+    groups = {}
+    for r in done:
+        cfg = {**(r.get("config") or {}), **(r.get("overrides") or {})}
+        key = tuple(format_value(cfg.get(f)) for f in by)
+        groups.setdefault(key, []).append(r)
+    header = [*by, "n", "test at best dev (%)", "best dev (%)", "bp s/epoch", "final dims"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key, rs in groups.items():
+        test = [r["test_at_best"] for r in rs if r.get("test_at_best") is not None]
+        dev = [r["best_dev"] for r in rs if r.get("best_dev") is not None]
+        bpe = [r["bp_per_epoch"] for r in rs if r.get("bp_per_epoch") is not None]
+        dims = [r["dims"] for r in rs if r.get("dims")]
+        if dims and all(len(d) == len(dims[0]) for d in dims):
+            mean_dims = ", ".join(_fmt_dim(statistics.fmean(col)) for col in zip(*dims))
+        else:
+            mean_dims = "–"
+        cells = [*key, str(len(rs)), _fmt_mean_std(test), _fmt_mean_std(dev),
+                 _fmt_seconds(statistics.fmean(bpe)) if bpe else "–", mean_dims]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("mean ± sample standard deviation over the n finished runs of each group "
+                 "(usually the seeds); bp s/epoch is the backward time per epoch.")
+    other = len(rows) - len(done)
+    if other:
+        counts = {}
+        for r in rows:
+            if r.get("status") != "done":
+                counts[r.get("status")] = counts.get(r.get("status"), 0) + 1
+        lines.append("not included: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + " run(s).")
+    return "\n".join(lines)
+
+
+def _fmt_seconds(x):
+    return f"{x:.2f}" if x >= 0.1 else f"{x:.2g}"
+
+
+def _fmt_dim(x):
+    return str(int(x)) if float(x).is_integer() else f"{x:.1f}"
+
+
+# ---------------------------------------------------------------- command line
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m nnmnist.sweep",
+        description="Run a sweep spec's runs as separate run.py processes (skipping finished ones) "
+                    "and collect OUT/results.csv and OUT/results.json. "
+                    "`python -m nnmnist.sweep summarize OUT` prints a table of a sweep's results.")
+    p.add_argument("spec", help="sweep spec (JSON: base, set, grid, runs; see docs/SWEEPS.md)")
+    p.add_argument("--out", help="output folder (default: sweeps/<spec name>)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help=f"runs at a time (default: half the cores, here {default_jobs()})")
+    p.add_argument("--offline", action="store_true", help="pass --offline to every run (never download MNIST)")
+    p.add_argument("--dry-run", action="store_true", help="validate and list the runs; launch nothing")
+    return p
+
+
+def build_summarize_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m nnmnist.sweep summarize",
+        description="Print a markdown table of a sweep's results: mean ± sample std over seeds.")
+    p.add_argument("out", help="the sweep's output folder (or its results.json)")
+    p.add_argument("--by", help="comma-separated fields to group by (default: the spec's grid and "
+                                "runs fields except RandomSeed)")
+    return p
+
+
+class _sigterm_as_interrupt:
+    """While running, SIGTERM stops the sweep as Ctrl-C does: its runs are stopped, the results saved."""
+
+    def __enter__(self):
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._raise)
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv and argv[0] == "summarize":
+            args = build_summarize_parser().parse_args(argv[1:])
+            by = [f.strip() for f in args.by.split(",") if f.strip()] if args.by is not None else None
+            print(summarize(args.out, by))
+            return 0
+        args = build_parser().parse_args(argv)
+        jobs = default_jobs() if args.jobs is None else args.jobs
+        if jobs < 1:
+            raise UserError(f"--jobs {jobs}: must be at least 1")
+        plan = build_plan(args.spec, args.out, offline=args.offline)
+        with _sigterm_as_interrupt():
+            return run_sweep(plan, jobs, dry_run=args.dry_run, offline=args.offline,
+                             echo=lambda line: print(line, flush=True))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
