@@ -13,6 +13,15 @@ class NumpyCompute:
     xp = np
     name = "numpy"
 
+    # -- forward -------------------------------------------------------------------------------
+    def matmul_xwt(self, x, W):
+        """x @ W.T for W stored (out, in), as a C-contiguous (B, out) array.
+
+        BLAS runs W @ x.T faster than x @ W.T here (measured 1.6x at B=10, 1.1x at B=100 on
+        OpenBLAS), and the transposed copy back to C order costs less than it saves.
+        """
+        return np.ascontiguousarray((W @ x.T).T)
+
     # -- randomness --------------------------------------------------------------------------
     def uniform(self, rng, shape, dtype=np.float32):
         """Uniform [0, 1) draws from the network's generator, as an array of this backend."""
@@ -126,7 +135,8 @@ class NumbaCompute(NumpyCompute):
 
     def __init__(self):
         from . import kernels
-        self.k = kernels
+        from .kernels import unchecked
+        self.k, self.fast = kernels, unchecked
         self._workspaces = {}  # (k, n_out) -> reusable scratch of the sparse backward
 
     def _workspace(self, batch, k, n_out):
@@ -136,15 +146,14 @@ class NumbaCompute(NumpyCompute):
         return ws
 
     def select_topk_rows(self, dy, k):
-        return self.k.topk_rows(dy, k)
+        return self.fast.topk_rows(dy, k)
 
     def select_topk_unified(self, dy, k):
         return self.k.topk_cols_unified(dy, k)
 
     def meprop_backward_rows(self, x, W, dy, idx, dW, need_dx):
         ws = self._workspace(*idx.shape, W.shape[0])
-        dx, _ = self.k.sparse_backward(x, W, dy, idx, dW=dW, need_dx=need_dx, workspace=ws)
-        return dx
+        return self.fast.sparse_backward(x, W, dy, idx, dW, need_dx, ws)
 
     def touched_rows(self, kind, chosen, n_out):
         if kind == "cols":
@@ -155,13 +164,14 @@ class NumbaCompute(NumpyCompute):
         self.k.record_hits(idx, hits)
 
     def sgd(self, w, g, lr_t, clip):
-        self.k.sgd_update(w.reshape(-1), g.reshape(-1), lr_t, clip)
+        self.fast.sgd_update(w.reshape(-1), g.reshape(-1), lr_t, clip)
 
     def adagrad(self, w, g, h, lr, eps, l2, clip):
-        self.k.adagrad_update(w.reshape(-1), g.reshape(-1), h.reshape(-1), lr, eps, l2, clip)
+        self.fast.adagrad_update(w.reshape(-1), g.reshape(-1), h.reshape(-1), lr, eps, l2, clip)
 
     def adam(self, w, g, m, v, lr_t, l2, clip):
-        self.k.adam_update(w.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), lr_t, l2, clip)
+        self.fast.adam_update(w.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1),
+                              lr_t, l2, clip)
 
     def sgd_rows(self, W, G, rows, lr_t, clip):
         self.k.sgd_update_rows(W, G, rows, lr_t, clip)

@@ -52,7 +52,7 @@ class Dense:
 
     def _matmul(self, flow, x, recorder=None):
         if self.selector is None:
-            return ops.matmul(flow, x, self.W)
+            return ops.matmul(flow, x, self.W, self.compute)
         return ops.meprop_matmul(flow, x, self.W, self.compute, self.selector, recorder)
 
     def __call__(self, flow, x):

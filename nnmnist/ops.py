@@ -17,9 +17,9 @@ def accumulate(t, g):
         t._grad += g
 
 
-def matmul(flow, x, W):
+def matmul(flow, x, W, compute):
     """y = x @ W.T with the ordinary dense backward."""
-    y = Tensor(x.value @ W.value.T, requires_grad=True)
+    y = Tensor(compute.matmul_xwt(x.value, W.value), requires_grad=True)
 
     def backward():
         dy = y.grad
@@ -38,7 +38,7 @@ def meprop_matmul(flow, x, W, compute, select, recorder=None):
     one column set for the whole minibatch (unified top-k). `recorder(kind, chosen, batch)`
     sees each choice (meSimp's hit counting).
     """
-    y = Tensor(x.value @ W.value.T, requires_grad=True)
+    y = Tensor(compute.matmul_xwt(x.value, W.value), requires_grad=True)
 
     def backward():
         dy = y.grad

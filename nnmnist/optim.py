@@ -8,6 +8,35 @@ import math
 from .errors import UserError
 
 
+class FlatTensor:
+    """Stand-in for one Tensor that spans every parameter: the packed value, gradient and state."""
+
+    def __init__(self, value, grad, state):
+        self.value, self.grad, self.state = value, grad, state
+
+
+def pack(params, xp, state_names):
+    """Move every parameter's value, gradient and state into one flat buffer each.
+
+    Each Tensor keeps views into the buffers, so layers see no difference, while the dense
+    update runs as a single fused pass over all parameters instead of one call per tensor.
+    """
+    sizes = [int(p.value.size) for p in params]
+    total = sum(sizes)
+    dtype = params[0].value.dtype
+    flat = {name: xp.zeros(total, dtype=dtype) for name in ("value", "grad") + state_names}
+    offset = 0
+    for p, n in zip(params, sizes):
+        views = {name: buf[offset:offset + n].reshape(p.shape) for name, buf in flat.items()}
+        views["value"][...] = p.value
+        if p._grad is not None:
+            views["grad"][...] = p._grad
+        p.value, p._grad = views.pop("value"), views.pop("grad")
+        p.state = views
+        offset += n
+    return FlatTensor(flat.pop("value"), flat.pop("grad"), flat)
+
+
 class Optimizer:
     """Owns per-parameter state; `step` updates every parameter and zeroes its gradient."""
 
@@ -19,10 +48,16 @@ class Optimizer:
         self.params, self.compute = list(params), compute
         self.lr, self.clip, self.lazy = lr, clip, lazy
         self.t = 0
-        self.prepare()
+        dtypes = {p.value.dtype for p in self.params}
+        self.flat = pack(self.params, compute.xp, self.state_names) if len(dtypes) == 1 else None
+        self.prepare()  # "Prepare" at the start of training, as the original does
 
     def prepare(self):
         """Reset every parameter's state to zeros ("Prepare"); the step counter is kept."""
+        if self.flat is not None:
+            for buf in self.flat.state.values():
+                buf.fill(0)
+            return
         xp = self.compute.xp
         for p in self.params:
             p.state = {name: xp.zeros_like(p.value) for name in self.state_names}
@@ -31,12 +66,16 @@ class Optimizer:
         """Advance the step counter, then update each parameter and zero its gradient."""
         self.t += 1
         self._begin_step()
+        if self.flat is not None and not self.lazy:
+            self._update(self.flat, None)  # one fused pass over every parameter
+        else:
+            for p in self.params:
+                rows = None
+                if self.lazy and p.touched is not None:
+                    kind, chosen = p.touched
+                    rows = self.compute.touched_rows(kind, chosen, p.shape[0])
+                self._update(p, rows)
         for p in self.params:
-            rows = None
-            if self.lazy and p.touched is not None:
-                kind, chosen = p.touched
-                rows = self.compute.touched_rows(kind, chosen, p.shape[0])
-            self._update(p, rows)
             p.touched = None
 
     def _begin_step(self):

@@ -50,7 +50,7 @@ def check_op(build, inputs, seed=0, n_dirs=3):
 def test_matmul():
     rng = np.random.default_rng(1)
     x, W = leaf(rng.normal(size=(4, 6))), leaf(rng.normal(size=(5, 6)))
-    check_op(ops.matmul, [x, W])
+    check_op(lambda f, a, b: ops.matmul(f, a, b, C), [x, W])
 
 
 def test_add_bias():

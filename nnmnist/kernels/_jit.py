@@ -79,7 +79,21 @@ def use_parallel(work):
         return False
     if _mode == "parallel":
         return True
-    return work >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1
+    return work >= PARALLEL_MIN_WORK and _threads[0] > 1
+
+
+# Numba's thread count, cached: numba.get_num_threads() costs microseconds, which add up at
+# minibatch 10. `threads.set_num_threads` is the one place that changes it.
+_threads = [numba.config.NUMBA_NUM_THREADS]
+
+
+def num_threads():
+    """The kernels' thread count (as last set through `set_num_threads`)."""
+    return _threads[0]
+
+
+def _set_cached_threads(n):
+    _threads[0] = n
 
 
 def get_mode():

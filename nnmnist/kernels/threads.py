@@ -2,6 +2,7 @@
 import numba
 
 from . import _check
+from ._jit import _set_cached_threads
 
 _blas_limits = None  # kept alive: the limit holds for as long as this object is not restored
 
@@ -26,4 +27,5 @@ def set_num_threads(n, blas=None):
     if blas:
         from threadpoolctl import threadpool_limits  # only needed when BLAS is limited
         _blas_limits = threadpool_limits(limits=blas, user_api="blas")
+    _set_cached_threads(numba.get_num_threads())
     return numba.get_num_threads()
