@@ -187,7 +187,10 @@ class NumbaCompute(NumpyCompute):
 
 
 def get_compute(backend="cpu", kernels="numba"):
-    """The implementation for a backend ('cpu' or 'gpu') and CPU kernel choice."""
+    """The implementation for a backend ('cpu', 'gpu' or 'auto') and CPU kernel choice."""
+    if backend == "auto":
+        from .backend import gpu_available
+        backend = "gpu" if gpu_available() else "cpu"
     if backend == "gpu":
         from .gpu import CupyCompute
         return CupyCompute()
