@@ -10,19 +10,27 @@ Compile time is kept out (kernels are warmed up and a few minibatches run before
 PyTorch is optional: without it the PyTorch rows are left out. Evaluation is not timed; an
 epoch here is the 55,000 training examples only.
 """
-import argparse
-import json
-import os
-import platform
-import statistics
 import sys
-import time
 from pathlib import Path
-
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+# The worker's first import decides how the thread runtimes start: PyTorch with its own
+# defaults, nnmnist with its own (set in nnmnist/__init__.py, before NumPy loads).
+if "--worker" in sys.argv and sys.argv[sys.argv.index("--worker") + 1].startswith("PyTorch"):
+    import torch  # noqa: F401
+else:
+    import nnmnist  # noqa: F401
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 import importlib.util  # noqa: E402
 import subprocess  # noqa: E402

@@ -8,13 +8,7 @@ import os
 import types
 from contextlib import contextmanager
 
-# Numba's OpenMP workers spin after each parallel loop by default; on a small machine they then
-# steal the cores that OpenBLAS's threads need for the next matmul (a training step measured
-# 3-10x slower with 2+2 threads). Sleeping workers cost a little wake-up latency instead. This
-# must be set before Numba starts its thread pool; an explicit setting by the user wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import numba  # noqa: E402
+import numba
 
 # On-disk cache of compiled machine code (in __pycache__); NNMNIST_NUMBA_CACHE=0 turns it off.
 CACHE = os.environ.get("NNMNIST_NUMBA_CACHE", "1") != "0"
