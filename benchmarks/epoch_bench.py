@@ -187,12 +187,18 @@ def main():
     ap.add_argument("--minibatch", default="100,10")
     ap.add_argument("--cases", default="", help="comma-separated case names (default: all)")
     ap.add_argument("--json", help="also write the raw medians to this file")
+    ap.add_argument("--busy", action="store_true",
+                    help="keep one core busy with a spinning process while measuring (a second "
+                         "job on the machine), to see how the thread settings cope")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         return worker(args.worker, int(args.threads), int(args.minibatch))
     have_torch = HAVE_TORCH
     cases = [c for c in CASES if not args.cases or c[0] in args.cases.split(",")]
+    spinner = None
+    if args.busy:
+        spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     rows, raw = [], []
     for threads in [int(t) for t in args.threads.split(",")]:
         for mb in [int(m) for m in args.minibatch.split(",")]:
@@ -220,9 +226,13 @@ def main():
                             f"{total:.2f} | {vs_torch} | {bp_gain} | {vs_orig} |")
                 raw.append(dict(threads=threads, minibatch=mb, case=name, fp=t.fp, bp=t.bp,
                                 update=t.update))
+    if spinner is not None:
+        spinner.kill()
     print("\n".join(machine_info()))
     print(f"- command: python benchmarks/epoch_bench.py --repeats {args.repeats} "
-          f"--threads {args.threads} --minibatch {args.minibatch}; medians of {args.repeats}\n")
+          f"--threads {args.threads} --minibatch {args.minibatch}"
+          f"{' --cases ' + repr(args.cases) if args.cases else ''}{' --busy' if args.busy else ''}; "
+          f"medians of {args.repeats}\n")
     print("| threads | minibatch | case | fp s | bp s | update s | epoch s | / PyTorch dense | bp gain vs mlp | faster than C# |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))

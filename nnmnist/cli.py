@@ -64,9 +64,9 @@ def run(args, log_dir_default):
     from .runlog import RunLog, log_path
     from .train import train_and_evaluate
     get_xp(cfg.Backend)
-    if cfg.Threads > 0:
+    if cfg.Backend != "gpu":
         from .kernels import set_num_threads
-        set_num_threads(cfg.Threads)
+        set_num_threads(cfg.Threads)  # 0 restores the libraries' defaults
     log_dir = Path(args.log_dir or cfg.LogDir or log_dir_default)
     if not log_dir.is_dir():
         raise UserError(f"log folder {log_dir} does not exist")

@@ -49,7 +49,7 @@ class Config:
     Dropout: float = 0.0         # inverted dropout on hidden outputs while training
     Backend: str = "cpu"         # cpu (NumPy + Numba), gpu (CuPy) or auto
     Kernels: str = "numba"       # CPU hot loops: numba kernels or the plain NumPy reference
-    Threads: int = 0             # Numba and BLAS threads; 0 keeps the libraries' defaults
+    Threads: int = 1             # Numba and BLAS threads; 0 = the libraries' defaults (all cores)
     DataDir: str = ""            # where bare data-file names are looked up ("" = data/ beside run.py)
     LogDir: str = ""             # where the log is written ("" = beside run.py)
 

@@ -1,18 +1,24 @@
-"""Timings of the kernels against their NumPy equivalents: `python -m nnmnist.kernels.bench`.
+"""Timings of the kernels against their NumPy equivalents: `python benchmarks/kernel_bench.py`.
 
 Prints median wall-clock microseconds per call (after warm-up) for the auto choice and for
 the serial and parallel compilations separately. Every call gets different data from a pool
 of inputs: repeating one input lets the branch predictor learn it and flatters selection.
 """
 import argparse
+import sys
 import time
+from pathlib import Path
 
-import numba
-import numpy as np
-from threadpoolctl import threadpool_info
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import nnmnist  # noqa: E402,F401  (its thread-runtime defaults, before NumPy loads)
 
-from . import (adam_update, adam_update_rows, forced_mode, rows_touched, set_num_threads,
-               sparse_backward, topk_rows, warmup, BackwardWorkspace)
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_info  # noqa: E402
+
+from nnmnist.kernels import (BackwardWorkspace, adam_update, adam_update_rows,  # noqa: E402
+                             forced_mode, rows_touched, set_num_threads, sparse_backward,
+                             topk_rows, warmup)
 
 
 POOL = 16  # distinct inputs cycled through
