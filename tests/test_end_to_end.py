@@ -195,3 +195,14 @@ def test_metrics_file_agrees_with_log(tmp_path, tiny_splits):
     assert summary["param_count"] == res.param_count
     epoch_bp = sum(r["bp"] for r in parts)
     assert summary["bp"] == pytest.approx(epoch_bp)
+
+
+def test_mlptop_with_k_equal_hidden_size_reproduces_mlp(tmp_path, tiny_splits):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _, _, dense = run_tiny(tmp_path / "a", tiny_splits, NetType="mlp")
+    _, _, top = run_tiny(tmp_path / "b", tiny_splits, NetType="mlptop", TrainTop=32)
+    def numbers(lines):
+        start = lines.index("#" * 20 + " Run Start")
+        return without_times(lines[start:])
+    assert numbers(dense) == numbers(top)
