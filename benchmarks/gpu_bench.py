@@ -37,16 +37,8 @@ from nnmnist.train import Timer, Trainer, train_and_evaluate  # noqa: E402
 MNIST_DIRS = [REPO.parent / "shared" / "data" / "mnist", REPO / "shared" / "data" / "mnist",
               REPO / "data"]
 
-NETS = [  # (row name, config fields): the rows of the CPU benchmark, benchmarks/epoch_bench.py
-    ("mlp", dict(NetType="mlp")),
-    ("mlptop k=20", dict(NetType="mlptop", TrainTop=20)),
-    ("mlptop k=80", dict(NetType="mlptop", TrainTop=80)),
-    ("mlptop k=160", dict(NetType="mlptop", TrainTop=160)),
-    ("mlprand k=80", dict(NetType="mlprand", TrainTop=80)),
-    ("mlpvar k=160", dict(NetType="mlpvar", TrainTop=160)),
-    ("unified k=80", dict(NetType="mlptop", TrainTop=80, Unified=True)),
-    ("unified k=80 lazy", dict(NetType="mlptop", TrainTop=80, Unified=True, LazyUpdate=True)),
-]
+from epoch_bench import CASES as NETS  # noqa: E402  (the rows of the CPU benchmark)
+
 WIDE = [
     ("mlp (dense)", dict(NetType="mlp")),
     ("unified k=8", dict(NetType="mlptop", TrainTop=8, Unified=True)),

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from . import config as config_mod
-from .errors import UserError
+from .errors import UserError, report_errors
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -41,15 +41,7 @@ def build_parser():
 
 def main(argv=None, log_dir_default=None):
     args = build_parser().parse_args(argv)
-    try:
-        run(args, log_dir_default or PROJECT_DIR)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return report_errors(run, args, log_dir_default or PROJECT_DIR) or 0
 
 
 def run(args, log_dir_default):

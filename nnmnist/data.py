@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import fetch
-from .errors import UserError
+from .errors import UserError, report_errors
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 DEV_SIZE = 5000  # the first DEV_SIZE training images are the development set
@@ -290,14 +290,7 @@ def main(argv=None):
         p.add_argument("dir", nargs="?", default=str(DEFAULT_DATA_DIR), metavar="DIR",
                        help=f"data folder (default: {DEFAULT_DATA_DIR})")
     args = parser.parse_args(argv)
-    try:
-        return (_cmd_fetch if args.command == "fetch" else _cmd_check)(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return report_errors(_cmd_fetch if args.command == "fetch" else _cmd_check, args)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ import time
 from pathlib import Path
 
 from . import config as config_mod
-from .errors import UserError
+from .errors import UserError, report_errors
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 RUN_PY = PROJECT_DIR / "run.py"
@@ -207,8 +207,8 @@ def build_plan(spec_path, out=None, offline=False):
     base_cfg = config_mod.load(base)  # a broken base config is reported as itself
     fixed = dict(fixed)
     mentioned = set(fixed) | set(grid) | {k for r in runs for k in r}
-    if "Threads" not in mentioned and base_cfg.Threads == 0:
-        fixed["Threads"] = 1  # one process per core; BLAS/Numba defaults would oversubscribe
+    if "Threads" not in mentioned:
+        fixed["Threads"] = 1  # one process per core: more threads per run would oversubscribe
     out = Path(out) if out else Path("sweeps") / spec_path.stem
     names = list(grid)
     tasks, seen, override_fields = [], {}, []
@@ -676,28 +676,24 @@ class _sigterm_as_interrupt:
             signal.signal(signal.SIGTERM, self.previous)
 
 
+def _main(argv):
+    if argv and argv[0] == "summarize":
+        args = build_summarize_parser().parse_args(argv[1:])
+        by = [f.strip() for f in args.by.split(",") if f.strip()] if args.by is not None else None
+        print(summarize(args.out, by))
+        return 0
+    args = build_parser().parse_args(argv)
+    jobs = default_jobs() if args.jobs is None else args.jobs
+    if jobs < 1:
+        raise UserError(f"--jobs {jobs}: must be at least 1")
+    plan = build_plan(args.spec, args.out, offline=args.offline)
+    with _sigterm_as_interrupt():
+        return run_sweep(plan, jobs, dry_run=args.dry_run, offline=args.offline,
+                         echo=lambda line: print(line, flush=True))
+
+
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        if argv and argv[0] == "summarize":
-            args = build_summarize_parser().parse_args(argv[1:])
-            by = [f.strip() for f in args.by.split(",") if f.strip()] if args.by is not None else None
-            print(summarize(args.out, by))
-            return 0
-        args = build_parser().parse_args(argv)
-        jobs = default_jobs() if args.jobs is None else args.jobs
-        if jobs < 1:
-            raise UserError(f"--jobs {jobs}: must be at least 1")
-        plan = build_plan(args.spec, args.out, offline=args.offline)
-        with _sigterm_as_interrupt():
-            return run_sweep(plan, jobs, dry_run=args.dry_run, offline=args.offline,
-                             echo=lambda line: print(line, flush=True))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return report_errors(_main, sys.argv[1:] if argv is None else list(argv))
 
 
 if __name__ == "__main__":

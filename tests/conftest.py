@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny synthetic MNIST-shaped data set and the path of the real MNIST."""
+import socket
 from collections import namedtuple
 from pathlib import Path
 
@@ -35,3 +36,15 @@ def mnist_dir():
     if not (MNIST_DIR / "train-images.idx3-ubyte.gz").exists():
         pytest.skip(f"real MNIST not found at {MNIST_DIR}")
     return MNIST_DIR
+
+
+@pytest.fixture
+def loopback_only(monkeypatch):
+    """Any connection to an address other than this machine's loopback fails the test."""
+    real_connect = socket.socket.connect
+
+    def connect(self, address):
+        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "::1", "localhost"):
+            raise AssertionError(f"test tried to reach the network: {address}")
+        return real_connect(self, address)
+    monkeypatch.setattr(socket.socket, "connect", connect)
