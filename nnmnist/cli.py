@@ -61,12 +61,16 @@ def run(args, log_dir_default):
         set_num_threads(cfg.Threads)  # 0 restores the libraries' defaults
     log_dir = Path(args.log_dir or cfg.LogDir or log_dir_default)
     if not log_dir.is_dir():
-        raise UserError(f"log folder {log_dir} does not exist")
+        raise UserError(f"log folder {log_dir} (LogDir / --log-dir) does not exist")
     console = not args.quiet
     splits = load_mnist(cfg, config_dir=Path(args.config).resolve().parent,
                         allow_fetch=False if args.offline else None,
                         log=print if console else (lambda *a, **k: None))
-    with RunLog(log_path(log_dir, cfg.run_name()), console=console) as log:
+    try:
+        log = RunLog(log_path(log_dir, cfg.run_name()), console=console)
+    except OSError as exc:
+        raise UserError(f"cannot write a log in {log_dir}: {exc.strerror}") from None
+    with log:
         train_and_evaluate(cfg, splits, log)
         if console:
             print(f"log written to {log.path}", file=sys.stderr)

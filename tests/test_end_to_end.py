@@ -151,6 +151,14 @@ def test_cli_missing_config(tmp_path):
     assert out.returncode != 0 and "config file not found" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_cli_unusable_log_folder(tmp_path, mnist_dir):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"DataDir": str(mnist_dir), "MaxEpoch": 1}))
+    out = run_cli(cfg, "--log-dir", tmp_path / "missing")
+    assert out.returncode == 2 and "does not exist" in out.stderr and "Traceback" not in out.stderr
+    assert list(tmp_path.glob("**/*-log-*")) == []
+
+
 def test_cli_bad_override(tmp_path):
     out = run_cli("--set", "MaxEpoch")
     assert out.returncode != 0 and "expected Name=Value" in out.stderr
