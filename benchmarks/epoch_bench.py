@@ -39,7 +39,6 @@ HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
 from nnmnist.config import Config  # noqa: E402
 from nnmnist.data import load_mnist  # noqa: E402
-from nnmnist.runlog import RunLog  # noqa: E402
 from nnmnist.train import Timer, Trainer  # noqa: E402
 
 # The original C# program, one core, per epoch (fp, bp, update seconds), as measured by its
@@ -87,7 +86,7 @@ def measure(case, threads, minibatch):
 def ours_epoch(fields, splits, minibatch):
     """fp/bp/update seconds of one epoch of nnmnist with the given config fields."""
     cfg = Config(MinibatchSize=minibatch, RandomSeed=1, **fields)
-    trainer = Trainer(cfg, splits, RunLog(console=False))
+    trainer = Trainer(cfg, splits)
     trainer.compute.warmup()
     trainer.data_rng.shuffle(trainer.order)
     trainer.train_part(trainer.order[:minibatch * 5], Timer(), "warm-up")

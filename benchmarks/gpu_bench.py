@@ -114,7 +114,7 @@ def load_data(smoke):
 
 def new_trainer(fields, splits, compute, mb, seed=1):
     cfg = Config(MinibatchSize=mb, RandomSeed=seed, Kernels="numpy", **fields)
-    return Trainer(cfg, splits, RunLog(console=False), compute)
+    return Trainer(cfg, splits, compute)
 
 
 def time_batches(trainer, n_batches, warm_batches):

@@ -54,7 +54,7 @@ def run(args, log_dir_default):
     from .backend import get_xp
     from .data import load_mnist
     from .runlog import RunLog, log_path
-    from .train import train_and_evaluate
+    from .train import Trainer
     get_xp(cfg.Backend)
     if cfg.Backend != "gpu":
         from .kernels import set_num_threads
@@ -66,11 +66,16 @@ def run(args, log_dir_default):
     splits = load_mnist(cfg, config_dir=Path(args.config).resolve().parent,
                         allow_fetch=False if args.offline else None,
                         log=print if console else (lambda *a, **k: None))
+    try:  # the model exists before the log file, so a failure here leaves no file behind
+        trainer = Trainer(cfg, splits)
+    except MemoryError:
+        raise UserError(f"{args.config}: not enough memory for this network "
+                        f"(HiddenSize = {cfg.HiddenSize}, Layers = {cfg.Layers})") from None
     try:
         log = RunLog(log_path(log_dir, cfg.run_name()), console=console)
     except OSError as exc:
         raise UserError(f"cannot write a log in {log_dir}: {exc.strerror}") from None
     with log:
-        train_and_evaluate(cfg, splits, log)
+        trainer.train(log)
         if console:
             print(f"log written to {log.path}", file=sys.stderr)

@@ -76,6 +76,10 @@ class Config:
 
 
 FIELD_TYPES = {f.name: f.type for f in fields(Config)}
+# The original read its JSON with case-insensitive names and enum values; so do we.
+_BY_LOWER = {name.lower(): name for name in FIELD_TYPES}
+_CHOICES = {"NetType": NET_TYPES, "OptType": OPT_TYPES, "Backend": BACKENDS, "Kernels": KERNELS}
+_OPTIONAL_PATHS = ("DataDir", "LogDir")  # null means "the default place"
 
 
 def format_value(v):
@@ -118,8 +122,12 @@ def _coerce(source, name, value):
         if not isinstance(value, bool):
             raise _field_error(source, name, value, "must be true or false")
         return value
+    if value is None and name in _OPTIONAL_PATHS:
+        return ""
     if not isinstance(value, str):
         raise _field_error(source, name, value, "must be a string")
+    if name in _CHOICES and value.lower() in _CHOICES[name]:
+        return value.lower()
     return value
 
 
@@ -132,8 +140,10 @@ def validate(cfg, source="config"):
     """Range-check every field; raise UserError naming the source, the field and the value."""
     c = cfg
     # ClipBound: any finite value; <= 0 disables clipping, as in the original.
-    _check(c.DecayRate > 0, source, "DecayRate", c.DecayRate, "must be > 0")
-    _check(c.Eps > 0, source, "Eps", c.Eps, "must be > 0")
+    if c.OptType == "sgd":
+        _check(c.DecayRate > 0, source, "DecayRate", c.DecayRate, "must be > 0 for sgd")
+    if c.OptType == "adagrad":
+        _check(c.Eps > 0, source, "Eps", c.Eps, "must be > 0 for adagrad")
     _check(c.HiddenSize >= 1, source, "HiddenSize", c.HiddenSize, "must be >= 1")
     _check(c.IterPerEpoch >= 1, source, "IterPerEpoch", c.IterPerEpoch, "must be >= 1")
     _check(c.L2RegFactor >= 0, source, "L2RegFactor", c.L2RegFactor, "must be >= 0")
@@ -166,13 +176,20 @@ def from_dict(raw, source="config"):
     if not isinstance(raw, dict):
         raise UserError(f"{source}: the top level must be a JSON object, not {type(raw).__name__}")
     values = {}
-    for name, value in raw.items():
-        if name not in FIELD_TYPES:
-            close = difflib.get_close_matches(name, FIELD_TYPES, n=1, cutoff=0.0)
-            hint = f"; did you mean {close[0]}?" if close else ""
-            raise UserError(f"{source}: unknown field {name!r}{hint}")
+    for key, value in raw.items():
+        name = canonical_field(key, source)
         values[name] = _coerce(source, name, value)
     return validate(Config(**values), source)
+
+
+def canonical_field(key, source="config"):
+    """The field a key names (case-insensitively); an unknown key is an error with a hint."""
+    name = _BY_LOWER.get(str(key).lower())
+    if name is None:
+        close = difflib.get_close_matches(str(key), FIELD_TYPES, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise UserError(f"{source}: unknown field {key!r}{hint}")
+    return name
 
 
 def load(path, overrides=None):
@@ -193,5 +210,9 @@ def load(path, overrides=None):
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     if isinstance(raw, dict) and overrides:
-        raw = {**raw, **overrides}
+        for key, value in overrides.items():  # an override's own mistakes are the flag's
+            name = canonical_field(key, "--set")
+            _coerce(f"--set {key}", name, value)
+        raw = {canonical_field(k, str(path)): v for k, v in raw.items()} if isinstance(raw, dict) else raw
+        raw = {**raw, **{canonical_field(k, "--set"): v for k, v in overrides.items()}}
     return from_dict(raw, source=str(path))

@@ -33,9 +33,16 @@ class RunLog:
     def __init__(self, path=None, console=True):
         self.path = Path(path) if path else None
         self.console = console
-        self._file = open(self.path, "x", encoding="utf-8") if self.path else None
+        self._file = self._metrics = None
         self.metrics_path = metrics_path(self.path) if self.path else None
-        self._metrics = open(self.metrics_path, "x", encoding="utf-8") if self.path else None
+        if self.path:
+            self._file = open(self.path, "x", encoding="utf-8")
+            try:
+                self._metrics = open(self.metrics_path, "x", encoding="utf-8")
+            except OSError:
+                self._file.close()
+                self.path.unlink()
+                raise
         self.lines = []
         self.records = []
 

@@ -5,11 +5,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .compute import get_compute
+from .errors import UserError
 from .networks import MLP
 from .optim import make_optimizer
+from .runlog import RunLog
 from .tensor import Flow
 
-EVAL_CHUNK = 1000
 RULE = "#" * 20
 
 
@@ -67,7 +68,7 @@ class Score:
 @dataclass
 class Result:
     """What a run produced, for callers that want numbers rather than log lines."""
-    best_dev: float = -1.0
+    best_dev: float = 0.0
     test_at_best: float = 0.0
     param_count: int = 0
     epoch_times: list = field(default_factory=list)
@@ -76,25 +77,31 @@ class Result:
     total: Timer = field(default_factory=Timer)
 
 
-def evaluate(model, x, y, compute):
-    """Loss and accuracy over a whole set, with no gradient recording and no dropout."""
+def evaluate(model, x, y, compute, batch):
+    """Loss and accuracy over a whole set in minibatches of `batch`, with no gradient recording
+    and no dropout; the loss is the mean of the minibatches' mean losses, as the original's."""
     xp = compute.xp
     start = time.perf_counter()
     loss, correct = xp.zeros((), dtype=np.float64), xp.zeros((), dtype=np.int64)
     flow = Flow(training=False)
-    for i in range(0, len(y), EVAL_CHUNK):
-        losses, pred = model.forward(flow, x[i:i + EVAL_CHUNK], y[i:i + EVAL_CHUNK])
-        loss += losses.sum(dtype=np.float64)
-        correct += (pred == y[i:i + EVAL_CHUNK]).sum()
+    for i in range(0, len(y), batch):
+        losses, pred = model.forward(flow, x[i:i + batch], y[i:i + batch])
+        loss += losses.mean(dtype=np.float64)
+        correct += (pred == y[i:i + batch]).sum()
     loss, correct = float(loss), int(correct)
-    return Score(loss / max(len(y), 1), correct, len(y), time.perf_counter() - start)
+    n_batches = -(-len(y) // batch)
+    return Score(loss / max(n_batches, 1), correct, len(y), time.perf_counter() - start)
 
 
 class Trainer:
     """Holds the model, optimizer and data of one run and steps it part by part."""
 
-    def __init__(self, cfg, splits, log, compute=None):
-        self.cfg, self.log = cfg, log
+    def __init__(self, cfg, splits, compute=None):
+        if cfg.IterPerEpoch > len(splits.trn_y):
+            raise UserError(f"IterPerEpoch = {cfg.IterPerEpoch}: more parts than the "
+                            f"{len(splits.trn_y)} training examples")
+        self.cfg = cfg
+        self.log = RunLog(console=False)  # replaced by the run's log in `train`
         self.compute = compute or get_compute(cfg.Backend, cfg.Kernels)
         xp = self.compute.xp
         self.seed = effective_seed(cfg.RandomSeed)
@@ -107,6 +114,17 @@ class Trainer:
         self.opt = make_optimizer(cfg, self.model.params, self.compute, len(splits.trn_y))
         self.order = np.arange(len(splits.trn_y))
         self.result = Result(param_count=self.model.param_count)
+
+    def train(self, log):
+        """Log the header, train for MaxEpoch epochs and log the end; return the Result."""
+        self.log = log
+        self.compute.warmup()
+        log_header(self.cfg, self, log)
+        log.record({"type": "start", "run_name": self.cfg.run_name(), "seed": self.seed})
+        log(f"{RULE} Run Start")
+        result = self.run()
+        log(f"{RULE} Run End")
+        return result
 
     def train_part(self, idx, timer, desc):
         """Train on the examples `idx` (in order) in minibatches; return the part's Score."""
@@ -134,17 +152,17 @@ class Trainer:
                 timer.fp += t1 - t0
                 timer.bp += t2 - t1
                 timer.update += t3 - t2
-                loss += losses.sum(dtype=np.float64)
+                loss += losses.mean(dtype=np.float64)
                 correct += (pred == yb).sum()
                 bar.update(1)
+        # As the original: the part's loss is the mean of its minibatches' mean losses.
         loss, correct = float(loss), int(correct)
-        return Score(loss / max(len(idx), 1), correct, len(idx), clock() - start)
+        return Score(loss / max(n_batches, 1), correct, len(idx), clock() - start)
 
     def run(self):
         """The whole run, logging as the original does; returns a Result."""
         cfg, log, res = self.cfg, self.log, self.result
         total = Timer()
-        best_tst = 0.0
         for epoch in range(cfg.MaxEpoch):
             self.data_rng.shuffle(self.order)
             timer = Timer()
@@ -153,19 +171,22 @@ class Trainer:
                 part_timer = Timer()
                 trn = self.train_part(self.order[start:start + size], part_timer, tag)
                 timer.add(part_timer)
-                dev = evaluate(self.model, self.dev_x, self.dev_y, self.compute)
+                mb = cfg.MinibatchSize
+                dev = evaluate(self.model, self.dev_x, self.dev_y, self.compute, mb)
                 log(f"{tag}: {trn.line()}")
                 log(f"\t dev: {dev.line()}")
                 tst = None
-                if dev.acc > res.best_dev:
-                    tst = evaluate(self.model, self.tst_x, self.tst_y, self.compute)
-                    res.best_dev, best_tst = dev.acc, tst.acc
+                if dev.acc > res.best_dev:  # a new best: test, and report both (the `$` line)
+                    tst = evaluate(self.model, self.tst_x, self.tst_y, self.compute, mb)
+                    res.best_dev, res.test_at_best = dev.acc, tst.acc
                     log(f"\t tst: {tst.line()}")
-                res.test_at_best = best_tst
-                log(f"$ {res.best_dev:.2f} | {best_tst:.2f}")
+                    log(f"$ {res.best_dev:.2f} | {res.test_at_best:.2f}")
                 pruned = False
-                if cfg.NetType == "mlpvar" and (epoch + 1) % cfg.TrainCycle == 0:
-                    self.opt.prepare()
+                if cfg.NetType == "mlpvar":
+                    # Two separate rules: Prepare at the end of every cycle; prune after every
+                    # part of the even cycles (simplify one cycle, train normally the next).
+                    if (epoch + 1) % cfg.TrainCycle == 0:
+                        self.opt.prepare()
                     if (epoch // cfg.TrainCycle) % 2 == 0:
                         self.model.prune(cfg.Prune)
                         pruned = True
@@ -209,24 +230,18 @@ def summary_record(cfg, res, trainer):
     }
 
 
-def log_header(cfg, splits, log):
+def log_header(cfg, trainer, log):
     """The config block and the data sizes that open every log."""
     log(RULE)
     for line in cfg.header_lines():
         log(line)
     log(RULE)
-    log(f"Info: #in: {splits.trn_x.shape[1]}, #out: {cfg.LabelCount}")
-    log(f"Info: #Trn: {len(splits.trn_y)}")
-    log(f"Info: #Dev: {len(splits.dev_y)}")
-    log(f"Info: #Tst: {len(splits.tst_y)}")
+    log(f"Info: #in: {trainer.n_in}, #out: {cfg.LabelCount}")
+    log(f"Info: #Trn: {len(trainer.trn_y)}")
+    log(f"Info: #Dev: {len(trainer.dev_y)}")
+    log(f"Info: #Tst: {len(trainer.tst_y)}")
 
 
 def train_and_evaluate(cfg, splits, log, compute=None):
-    """Log the header, train for MaxEpoch epochs and log the end; return the Result."""
-    trainer = Trainer(cfg, splits, log, compute)
-    trainer.compute.warmup()
-    log_header(cfg, splits, log)
-    log(f"{RULE} Run Start")
-    result = trainer.run()
-    log(f"{RULE} Run End")
-    return result
+    """Build the model, then log the header, train and log the end; return the Result."""
+    return Trainer(cfg, splits, compute).train(log)

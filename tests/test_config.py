@@ -75,8 +75,8 @@ def test_header_lines_sorted_with_csharp_numbers():
     ({"LearningRate": 0}, "LearningRate"),
     ({"LearningRate": "fast"}, "must be a number"),
     ({"LearningRate": True}, "must be a number"),
-    ({"DecayRate": -0.1}, "DecayRate"),
-    ({"Eps": 0}, "Eps"),
+    ({"DecayRate": -0.1, "OptType": "sgd"}, "DecayRate"),
+    ({"Eps": 0, "OptType": "adagrad"}, "Eps"),
     ({"L2RegFactor": -1}, "L2RegFactor"),
     ({"Prune": 1.5}, "Prune"),
     ({"NetType": "cnn"}, "NetType = \"cnn\": must be one of mlp, mlprand, mlptop, mlpvar"),
@@ -115,12 +115,42 @@ def test_non_finite_numbers_rejected(tmp_path):
 
 
 @pytest.mark.parametrize("typo,suggestion", [
-    ("Hiddensize", "HiddenSize"), ("LearnRate", "LearningRate"), ("MiniBatchSize", "MinibatchSize"),
-    ("nettype", "NetType"), ("TrainTopK", "TrainTop")])
+    ("HiddenSzie", "HiddenSize"), ("LearnRate", "LearningRate"), ("MinibachSize", "MinibatchSize"),
+    ("NetTyp", "NetType"), ("TrainTopK", "TrainTop")])
 def test_unknown_field_suggests_nearest(tmp_path, typo, suggestion):
     path = write(tmp_path, {typo: 1})
     with pytest.raises(UserError, match=f"unknown field '{typo}'; did you mean {suggestion}\\?"):
         cfgmod.load(path)
+
+
+def test_unrelated_unknown_field_gets_no_hint(tmp_path):
+    with pytest.raises(UserError) as err:
+        cfgmod.load(write(tmp_path, {"Foo": 1}))
+    assert str(err.value).endswith("unknown field 'Foo'")
+
+
+def test_names_and_choices_are_case_insensitive_like_the_original(tmp_path):
+    c = cfgmod.load(write(tmp_path, {"nettype": "MLPTop", "hiddensize": 100, "TRAINTOP": 20,
+                                     "OptType": "Adam"}))
+    assert (c.NetType, c.HiddenSize, c.TrainTop, c.OptType) == ("mlptop", 100, 20, "adam")
+
+
+def test_unused_hyperparameters_are_not_checked(tmp_path):
+    c = cfgmod.load(write(tmp_path, {"OptType": "adam", "DecayRate": 0, "Eps": 0}))
+    assert c.DecayRate == 0 and c.Eps == 0
+
+
+def test_null_paths_mean_default(tmp_path):
+    c = cfgmod.load(write(tmp_path, {"DataDir": None, "LogDir": None}))
+    assert c.DataDir == "" and c.LogDir == ""
+
+
+def test_override_errors_name_the_flag(tmp_path):
+    path = write(tmp_path, {})
+    with pytest.raises(UserError, match="^--set: unknown field 'Fo0'"):
+        cfgmod.load(path, {"Fo0": 1})
+    with pytest.raises(UserError, match="^--set MaxEpoch: field MaxEpoch"):
+        cfgmod.load(path, {"MaxEpoch": "x"})
 
 
 @pytest.mark.parametrize("text,needle", [

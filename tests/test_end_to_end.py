@@ -46,12 +46,11 @@ def check_log_structure(lines, cfg, n_trn, n_dev, n_tst, dims_after=()):
             assert re.search(rf"\(\d+/{size}\)", rest[pos])
             assert re.fullmatch(rf"\t dev: {SCORE}", rest[pos + 1]), rest[pos + 1]
             pos += 2
-            if rest[pos].startswith("\t tst: "):
+            if rest[pos].startswith("\t tst: "):  # a new best dev: test, then the `$` line
                 assert re.fullmatch(rf"\t tst: {SCORE}", rest[pos])
                 assert f"/{n_tst})" in rest[pos]
-                pos += 1
-            assert re.fullmatch(rf"\$ {NUM} \| {NUM}", rest[pos]), rest[pos]
-            pos += 1
+                assert re.fullmatch(rf"\$ {NUM} \| {NUM}", rest[pos + 1]), rest[pos + 1]
+                pos += 2
             if (epoch, part) in dims_after:
                 assert re.fullmatch(r"Dims: (\d+\(\d+\), )+\d+", rest[pos]), rest[pos]
                 pos += 1
@@ -186,7 +185,8 @@ def test_metrics_file_agrees_with_log(tmp_path, tiny_splits):
     assert log.name == f"{cfg.run_name()}-log-{log.name.split('-log-')[1]}"
     assert "-p0.1-" in log.name and log.name[:-4] == path.name[:-6]
     records = [json.loads(line) for line in path.read_text().splitlines()]
-    parts, summary = records[:-1], records[-1]
+    start, parts, summary = records[0], records[1:-1], records[-1]
+    assert start == {"type": "start", "run_name": cfg.run_name(), "seed": 7}
     assert [(r["epoch"], r["part"]) for r in parts] == [(e, p) for e in range(2) for p in range(3)]
     train_lines = [l for l in lines if re.match(r"\d\d:\d\d: ", l)]
     dev_lines = [l for l in lines if l.startswith("\t dev: ")]

@@ -42,7 +42,8 @@ def test_curves_of_a_run_still_going(tmp_path, tiny_splits):
     path = tiny_metrics(tmp_path, tiny_splits, 3)
     lines = path.read_text().splitlines()
     partial = tmp_path / "partial-log-20260101-000000.jsonl"
-    partial.write_text("\n".join(lines[:2]) + "\n" + lines[2][:10])  # no summary, a half-written line
+    # the start record and two parts, then a half-written line and no summary
+    partial.write_text("\n".join(lines[:3]) + "\n" + lines[3][:10])
     m = plot.read_metrics(partial)
     assert len(m.parts) == 2 and m.summary is None and m.run_name == "partial"
     out = tmp_path / "p.png"
