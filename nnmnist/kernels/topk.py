@@ -4,13 +4,11 @@ Order: larger |a| first; among equal |a| the lower column index first; NaN below
 number. This is exactly the order of `np.argsort(-np.abs(a), kind="stable")`, and the
 returned indices are sorted ascending.
 
-Each entry becomes one unique uint64 key: high word = bit pattern of |a| plus one (0 for
-NaN; the bits of a non-negative float order like the float), low word = ~column. Keys are
-distinct, so "the k largest keys" is a well-defined set, found with an O(n) quickselect;
-the chosen columns are then marked and collected in column order, so the output comes out
-sorted without a sort.
+Each entry becomes a uint32 key: the bit pattern of |a| plus one (0 for NaN; the bits of a
+non-negative float order like the float). A radix select finds the k-th largest key in at
+most four passes, whatever the data; a last pass in column order collects the chosen
+columns, so the output comes out sorted, ties resolved to the lower column, without a sort.
 """
-import numba
 import numpy as np
 from numba import prange
 
@@ -19,64 +17,57 @@ from ._jit import kernel, num_threads, variants
 
 _ABS_MASK = np.uint32(0x7FFFFFFF)
 _INF_BITS = np.uint32(0x7F800000)
-_LOW_ONES = np.uint64(0xFFFFFFFF)
 _ONE32 = np.uint32(1)
-_ZERO64 = np.uint64(0)
-_SHIFT = np.uint64(32)
 
 
 @kernel
-def _key(bits, j):
+def _mag_key(bits):
+    # |a| as an unsigned key that orders like |a|: its bit pattern plus one; NaN becomes 0.
     m = bits & _ABS_MASK
-    hi = _ZERO64 if m > _INF_BITS else np.uint64(m + _ONE32)
-    return (hi << _SHIFT) | (_LOW_ONES - np.uint64(j))
+    return np.uint32(0) if m > _INF_BITS else m + _ONE32
 
 
 @kernel
-def _select(keys, kth):
-    # Quickselect: afterwards keys[kth] is the kth smallest key and keys[kth:] are the
-    # largest ones. Lomuto partition around a median-of-three pivot value, written without
-    # data-dependent branches (mispredictions, not comparisons, are the cost on real data).
-    # Keys are distinct, so the median of three leaves at least one key on each side.
-    lo = 0
-    hi = keys.shape[0] - 1
-    while hi - lo >= 2:
-        a = keys[lo]
-        b = keys[(lo + hi) >> 1]
-        c = keys[hi]
-        if a > b:
-            a, b = b, a
-        if b > c:
-            b = c
-        x = a if a > b else b
-        p = lo
-        for i in range(lo, hi + 1):
-            v = keys[i]
-            keys[i] = keys[p]
-            keys[p] = v
-            p += v < x
-        if kth < p:
-            hi = p - 1
-        else:
-            lo = p
-    if hi > lo and keys[lo] > keys[hi]:
-        keys[lo], keys[hi] = keys[hi], keys[lo]
-
-
-@kernel
-def _topk_row(bits, k, keys, mark, out):
-    # keys, mark: scratch of len(bits); out: len(bits) too, its first k entries are the result.
+def _topk_row(bits, k, keys, cand, hist, out):
+    # Radix select, 8 bits a pass from the top, on candidates compacted after each pass:
+    # finds the k-th largest key T and how many entries equal to T are still wanted. The
+    # work is at most 4 passes over the row whatever the data (ties, zeros, sorted input):
+    # a quickselect degenerated as training made gradients sparse (many equal keys).
+    # Then one pass in column order keeps keys > T and the first `want` keys == T, so the
+    # output is ascending and ties go to the lower column. scratch: keys, cand (n), hist (256).
     n = bits.shape[0]
     for j in range(n):
-        keys[j] = _key(bits[j], j)
-        mark[j] = 0
-    _select(keys, n - k)
-    for p in range(n - k, n):
-        mark[_LOW_ONES - (keys[p] & _LOW_ONES)] = 1
+        keys[j] = _mag_key(bits[j])
+        cand[j] = keys[j]
+    m = n
+    want = k
+    threshold = np.uint32(0)
+    for shift in (24, 16, 8, 0):
+        for d in range(256):
+            hist[d] = 0
+        for i in range(m):
+            hist[(cand[i] >> shift) & 0xFF] += 1
+        d = 255
+        while hist[d] < want:  # the digit of the k-th largest among the candidates
+            want -= hist[d]
+            d -= 1
+        threshold |= np.uint32(d) << shift
+        kept = 0
+        for i in range(m):
+            if (cand[i] >> shift) & 0xFF == d:
+                cand[kept] = cand[i]
+                kept += 1
+        m = kept
     t = 0
-    for j in range(n):  # in column order, so the result comes out ascending
-        out[t] = j
-        t += mark[j]
+    for j in range(n):
+        key = keys[j]
+        if key > threshold or (key == threshold and want > 0):
+            if key == threshold:
+                want -= 1
+            out[t] = j
+            t += 1
+            if t == k:
+                break
 
 
 @variants
@@ -84,12 +75,11 @@ def _topk_rows(bits, k, chunks, out):
     # Rows are split into `chunks` contiguous blocks, each with its own scratch.
     rows, n = bits.shape
     for c in prange(chunks):
-        keys = np.empty(n, np.uint64)
-        mark = np.empty(n, np.int32)
-        found = np.empty(n, np.int32)
+        keys = np.empty(n, np.uint32)
+        cand = np.empty(n, np.uint32)
+        hist = np.empty(256, np.int32)
         for r in range(c * rows // chunks, (c + 1) * rows // chunks):
-            _topk_row(bits[r], k, keys, mark, found)
-            out[r, :] = found[:k]
+            _topk_row(bits[r], k, keys, cand, hist, out[r])
 
 
 @kernel
@@ -100,9 +90,8 @@ def _topk_cols_unified(a, k, out):
         for j in range(n):
             total[j] += abs(np.float64(a[r, j]))
     score = total.astype(np.float32)
-    found = np.empty(n, np.int32)
-    _topk_row(score.view(np.uint32), k, np.empty(n, np.uint64), np.empty(n, np.int32), found)
-    out[:] = found[:k]
+    _topk_row(score.view(np.uint32), k, np.empty(n, np.uint32), np.empty(n, np.uint32),
+              np.empty(256, np.int32), out)
 
 
 def topk_rows(a, k, out=None):
