@@ -22,9 +22,11 @@ _ONE32 = np.uint32(1)
 
 @kernel
 def _mag_key(bits):
-    # |a| as an unsigned key that orders like |a|: its bit pattern plus one; NaN becomes 0.
+    # |a| as a key that orders like |a|: its bit pattern plus one; NaN becomes 0. The largest
+    # key, +inf's, is 0x7F800001, so keys fit a non-negative int32 (signed arithmetic keeps
+    # Numba's integer typing simple and fast).
     m = bits & _ABS_MASK
-    return np.uint32(0) if m > _INF_BITS else m + _ONE32
+    return np.int32(0) if m > _INF_BITS else np.int32(m + _ONE32)
 
 
 @kernel
@@ -41,17 +43,31 @@ def _topk_row(bits, k, keys, cand, hist, out):
         cand[j] = keys[j]
     m = n
     want = k
-    threshold = np.uint32(0)
+    threshold = np.int32(0)
     for shift in (24, 16, 8, 0):
         for d in range(256):
             hist[d] = 0
+        lo = cand[0]
+        hi = cand[0]
         for i in range(m):
-            hist[(cand[i] >> shift) & 0xFF] += 1
+            c = cand[i]
+            hist[(c >> shift) & 0xFF] += 1
+            lo = min(lo, c)
+            hi = max(hi, c)
+        if lo == hi:  # every candidate has the same key (a run of zeros, say): it is T
+            threshold = lo
+            break
+        if m == want:  # every candidate is taken: T is the smallest, and all its copies
+            threshold = lo
+            want = 0
+            for i in range(m):
+                want += cand[i] == lo
+            break
         d = 255
         while hist[d] < want:  # the digit of the k-th largest among the candidates
             want -= hist[d]
             d -= 1
-        threshold |= np.uint32(d) << shift
+        threshold |= np.int32(d << shift)
         kept = 0
         for i in range(m):
             if (cand[i] >> shift) & 0xFF == d:
@@ -75,8 +91,8 @@ def _topk_rows(bits, k, chunks, out):
     # Rows are split into `chunks` contiguous blocks, each with its own scratch.
     rows, n = bits.shape
     for c in prange(chunks):
-        keys = np.empty(n, np.uint32)
-        cand = np.empty(n, np.uint32)
+        keys = np.empty(n, np.int32)
+        cand = np.empty(n, np.int32)
         hist = np.empty(256, np.int32)
         for r in range(c * rows // chunks, (c + 1) * rows // chunks):
             _topk_row(bits[r], k, keys, cand, hist, out[r])
@@ -90,7 +106,7 @@ def _topk_cols_unified(a, k, out):
         for j in range(n):
             total[j] += abs(np.float64(a[r, j]))
     score = total.astype(np.float32)
-    _topk_row(score.view(np.uint32), k, np.empty(n, np.uint32), np.empty(n, np.uint32),
+    _topk_row(score.view(np.uint32), k, np.empty(n, np.int32), np.empty(n, np.int32),
               np.empty(256, np.int32), out)
 
 
