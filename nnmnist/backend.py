@@ -42,13 +42,6 @@ def get_xp(backend):
     raise ValueError(f"unknown backend {backend!r}")
 
 
-def get_array_module(a):
-    """numpy or cupy, whichever owns the array `a`."""
-    if _cupy is not None and isinstance(a, _cupy.ndarray):
-        return _cupy
-    return np
-
-
 def to_numpy(a):
     """A NumPy copy (or view) of a numpy or cupy array."""
     if _cupy is not None and isinstance(a, _cupy.ndarray):

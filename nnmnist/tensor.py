@@ -10,7 +10,7 @@ class Tensor:
         self.requires_grad = requires_grad
         self._grad = None
         self.state = {}          # optimizer state (m, v, h, ...), keyed by name
-        self.touched = None      # rows that received gradient this step (None = all or none)
+        self.touched = None      # (kind, chosen) of meProp's last selection; None = dense
 
     @property
     def shape(self):
@@ -26,11 +26,6 @@ class Tensor:
     @grad.setter
     def grad(self, g):
         self._grad = g
-
-    def zero_grad(self):
-        if self._grad is not None:
-            self._grad.fill(0)
-        self.touched = None
 
 
 class Flow:
