@@ -56,6 +56,8 @@ def run(args, log_dir_default):
     from .runlog import RunLog, log_path
     from .train import Trainer
     get_xp(cfg.Backend)
+    for note in cfg.ignored_settings():
+        print(f"warning: {args.config}: {note}", file=sys.stderr)
     if cfg.Backend != "gpu":
         from .kernels import set_num_threads
         set_num_threads(cfg.Threads)  # 0 restores the libraries' defaults

@@ -69,6 +69,18 @@ class Config:
                 name += f"-c{self.TrainCycle}"
         return name
 
+    def ignored_settings(self):
+        """Fields set away from their defaults that this combination does not use."""
+        notes = []
+        if not self.uses_k:
+            for name in ("Unified", "LazyUpdate"):
+                if getattr(self, name):
+                    notes.append(f"{name} has no effect with NetType {self.NetType} "
+                                 "(it only changes meProp's sparse backward)")
+        if self.Backend == "gpu" and self.Kernels != "numba":
+            notes.append("Kernels has no effect with Backend gpu")
+        return notes
+
     def header_lines(self):
         """`Name: value` for every field, sorted by name, as the log's header prints them."""
         return [f"{f.name}: {format_value(getattr(self, f.name))}"

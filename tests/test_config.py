@@ -180,3 +180,12 @@ def test_overrides_are_validated(tmp_path):
     assert cfgmod.load(path, {"TrainTop": 20}).TrainTop == 20
     with pytest.raises(UserError, match="TrainTop = 900"):
         cfgmod.load(path, {"TrainTop": 900})
+
+
+def test_ignored_settings_are_named():
+    assert Config().ignored_settings() == []
+    assert Config(NetType="mlptop", Unified=True, LazyUpdate=True).ignored_settings() == []
+    notes = Config(NetType="mlp", Unified=True, LazyUpdate=True).ignored_settings()
+    assert len(notes) == 2 and notes[0].startswith("Unified has no effect with NetType mlp")
+    assert Config(Backend="gpu", Kernels="numpy").ignored_settings() == [
+        "Kernels has no effect with Backend gpu"]
