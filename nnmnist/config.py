@@ -222,9 +222,11 @@ def load(path, overrides=None):
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     if isinstance(raw, dict) and overrides:
+        checked = {}
         for key, value in overrides.items():  # an override's own mistakes are the flag's
             name = canonical_field(key, "--set")
             _coerce(f"--set {key}", name, value)
-        raw = {canonical_field(k, str(path)): v for k, v in raw.items()} if isinstance(raw, dict) else raw
-        raw = {**raw, **{canonical_field(k, "--set"): v for k, v in overrides.items()}}
+            checked[name] = value
+        # Canonical names on both sides, so that an override replaces a differently-cased key.
+        raw = {**{canonical_field(k, str(path)): v for k, v in raw.items()}, **checked}
     return from_dict(raw, source=str(path))

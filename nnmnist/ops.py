@@ -70,11 +70,11 @@ def add_bias(flow, h, b):
 
 def relu(flow, x):
     """y = max(x, 0)."""
-    xp_mask = x.value > 0
-    y = Tensor(x.value * xp_mask, requires_grad=True)
+    positive = x.value > 0
+    y = Tensor(x.value * positive, requires_grad=True)
 
     def backward():
-        accumulate(x, y.grad * xp_mask)
+        accumulate(x, y.grad * positive)
     flow.record(backward)
     return y
 
