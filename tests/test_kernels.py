@@ -45,10 +45,23 @@ def gradient_rows(rng, kind, B, n):
         a[2 % B, ::2] = -0.5
         a[2 % B, 1::2] = 0.5
         return a
+    if kind == "wide":  # magnitudes from subnormals to 1e36: beyond the 16 octaves bucketed
+        a = np.exp2(rng.uniform(-149, 120, (B, n))).astype(np.float32)
+        a *= rng.choice(np.array([-1, 1], np.float32), (B, n))
+        a[rng.random((B, n)) < 0.2] = 0.0
+        return a
+    if kind == "clustered":  # most keys in one 1/16-octave bucket, some exactly equal
+        a = (1.0 + rng.integers(0, 64, (B, n)) * 2.0 ** -20).astype(np.float32)
+        a[rng.random((B, n)) < 0.1] *= 4
+        return a
+    if kind == "sparse":  # a few nonzeros, so for most k the threshold falls among zeros
+        a = rng.standard_normal((B, n)).astype(np.float32)
+        a[rng.random((B, n)) < 0.95] = 0.0
+        return a
     raise ValueError(kind)
 
 
-KINDS = ["normal", "zeros", "ints", "relu", "mixed"]
+KINDS = ["normal", "zeros", "ints", "relu", "mixed", "wide", "clustered", "sparse"]
 
 
 # --------------------------------------------------------------------------- top-k rows
@@ -58,7 +71,7 @@ KINDS = ["normal", "zeros", "ints", "relu", "mixed"]
 def test_topk_rows_matches_reference(mode, kind, B, n):
     rng = rng_for("topk", kind, B, n)
     a = gradient_rows(rng, kind, B, n)
-    for k in sorted({1, 2, n // 3, n // 2, n - 1, n} & set(range(1, n + 1))):
+    for k in sorted({1, 2, 20, n // 6, n // 3, n // 2, n - 1, n} & set(range(1, n + 1))):
         got = K.topk_rows(a, k)
         assert got.shape == (B, k) and got.dtype == np.int32
         np.testing.assert_array_equal(got, naive.topk_rows_ref(a, k), err_msg=f"k={k}")

@@ -12,7 +12,7 @@ def topk_rows(a, k):
     rows, n = a.shape
     out = np.empty((rows, k), np.int32)
     if rows:
-        topk._topk_rows.pick(32 * rows * n)(a.view(np.uint32), k, min(rows, 4 * num_threads()), out)
+        topk._topk_rows.pick(topk.TOPK_WORK * rows * n)(a.view(np.uint32), k, min(rows, 4 * num_threads()), out)
     return out
 
 
