@@ -17,8 +17,8 @@ import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_info  # noqa: E402
 
 from nnmnist.kernels import (BackwardWorkspace, adam_update, adam_update_rows,  # noqa: E402
-                             forced_mode, rows_touched, set_num_threads, sparse_backward,
-                             topk_rows, warmup)
+                             forced_mode, layer_backward, rows_touched, set_num_threads,
+                             sparse_backward, topk_rows, warmup)
 
 
 POOL = 16  # distinct inputs cycled through
@@ -101,6 +101,38 @@ def bench_backward(rng, repeats):
                   f"  (plain full backward {t_full:8.1f})")
 
 
+def bench_layer(rng, repeats):
+    print("layer_backward (us): a hidden unit's whole meProp backward in one call vs the same "
+          "steps as separate calls (ReLU mask and bias sum in NumPy, topk_rows, sparse_backward)")
+    n_out = 500
+    for B, n_in, need_dx in ((100, 784, False), (100, 500, True), (10, 784, False), (10, 500, True)):
+        xs = [rng.random((B, n_in)).astype(np.float32) for _ in range(POOL)]
+        gs = [rng.standard_normal((B, n_out)).astype(np.float32) for _ in range(POOL)]
+        outs = [np.maximum(rng.standard_normal((B, n_out)), 0).astype(np.float32)
+                for _ in range(POOL)]
+        W = rng.standard_normal((n_out, n_in)).astype(np.float32)
+        db, dW = np.zeros(n_out, np.float32), np.zeros((n_out, n_in), np.float32)
+        g = np.empty((B, n_out), np.float32)
+        for k in (20, 80):
+            ws = BackwardWorkspace(B, k, n_out)
+
+            def fused(i):
+                np.copyto(g, gs[i % POOL])  # the call overwrites g (also copied in `separate`)
+                layer_backward(g, outs[i % POOL], xs[i % POOL], W, k, db, dW, need_dx=need_dx,
+                               workspace=ws)
+
+            def separate(i):
+                np.copyto(g, gs[i % POOL])
+                dy = g * (outs[i % POOL] > 0)
+                db.__iadd__(dy.sum(axis=0))
+                sparse_backward(xs[i % POOL], W, dy, topk_rows(dy, k), dW=dW, need_dx=need_dx,
+                                workspace=ws)
+
+            t = modes(fused, repeats)
+            print(f"  B={B:3d} in={n_in} k={k:3d} dx={'yes' if need_dx else 'no ':3s}: {fmt(t)}"
+                  f"  separate={median_us(separate, repeats):8.1f}")
+
+
 def bench_adam(rng, repeats):
     print("adam_update (us) over a 500x784 weight vs a NumPy float32 implementation; rows variant")
     W = rng.standard_normal((500, 784)).astype(np.float32)
@@ -139,6 +171,7 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     bench_topk(rng, args.repeats)
     bench_backward(rng, args.repeats)
+    bench_layer(rng, args.repeats)
     bench_adam(rng, args.repeats)
 
 

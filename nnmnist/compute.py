@@ -60,6 +60,30 @@ class NumpyCompute:
         dW[cols] += dyc.T @ x
         return dyc @ W[cols] if need_dx else None
 
+    def meprop_relu_backward(self, x, W, out, g, db, dW, selector, hits, need_dx):
+        """Backward of out = relu(mask * (x @ W.T + b)) through meProp, given g = d out.
+
+        db and dW are added into; `hits` (meSimp's record, or None) counts the choices.
+        Returns (dx or None, (kind, chosen)) with the selection as `selector` made it.
+        """
+        dy = g * (out > 0)  # masked neurons output 0, so this also applies the mask
+        db += dy.sum(axis=0)
+        kind, chosen = selector(dy)
+        if hits is not None:
+            self.record_choice(kind, chosen, dy.shape[0], hits)
+        if kind == "rows":
+            dx = self.meprop_backward_rows(x, W, dy, chosen, dW, need_dx)
+        else:
+            dx = self.meprop_backward_cols(x, W, dy, chosen, dW, need_dx)
+        return dx, (kind, chosen)
+
+    def record_choice(self, kind, chosen, batch, hits):
+        """meSimp's record of one selection: a hit per chosen (example, neuron)."""
+        if kind == "rows":
+            self.record_hits(chosen, hits)
+        else:
+            hits[chosen] += batch
+
     def touched_rows(self, kind, chosen, n_out):
         """Weight rows that received gradient: the union of the chosen neurons."""
         if kind == "cols":
@@ -154,6 +178,24 @@ class NumbaCompute(NumpyCompute):
     def meprop_backward_rows(self, x, W, dy, idx, dW, need_dx):
         ws = self._workspace(*idx.shape, W.shape[0])
         return self.fast.sparse_backward(x, W, dy, idx, dW, need_dx, ws)
+
+    def meprop_relu_backward(self, x, W, out, g, db, dW, selector, hits, need_dx):
+        """Per-example top-k or random-k in one fused kernel call; unified goes the plain way
+        (its backward is already two BLAS calls on the compacted blocks)."""
+        fusable = (not selector.unified and g.dtype == np.float32 and g.flags.c_contiguous
+                   and g.flags.writeable and x.flags.c_contiguous)
+        if not fusable:
+            return super().meprop_relu_backward(x, W, out, g, db, dW, selector, hits, need_dx)
+        batch, n_out = g.shape
+        k = selector.k
+        select = selector.mode == "top"
+        if select:
+            idx = np.empty((batch, k), np.int32)
+        else:  # random-k does not look at dy: draw it first, as the plain path's selector does
+            idx = self.select_random_rows(selector.rng, batch, n_out, k)
+        ws = self._workspace(batch, k, n_out)
+        dx = self.fast.layer_backward(g, out, x, W, k, idx, db, dW, need_dx, hits, ws, select)
+        return dx, ("rows", idx)
 
     def touched_rows(self, kind, chosen, n_out):
         if kind == "cols":

@@ -56,7 +56,14 @@ class Dense:
         return ops.meprop_matmul(flow, x, self.W, self.compute, self.selector, recorder)
 
     def __call__(self, flow, x):
+        """The unit's pre-activation x W + b, op by op."""
         return ops.add_bias(flow, self._matmul(flow, x), self.b)
+
+    def activate(self, flow, x):
+        """relu(x W + b): with meProp one fused op, otherwise matmul, bias and ReLU ops."""
+        if self.selector is None:
+            return ops.relu(flow, self(flow, x))
+        return ops.meprop_relu_unit(flow, x, self.W, self.b, self.compute, self.selector)
 
 
 class MaskedDense(Dense):
@@ -73,14 +80,19 @@ class MaskedDense(Dense):
     def _record(self, kind, chosen, batch):
         """Each example adds one to the reference count and one hit to each of its k neurons."""
         self.reference += batch
-        if kind == "rows":
-            self.compute.record_hits(chosen, self.hits)
-        else:
-            self.hits[chosen] += batch
+        self.compute.record_choice(kind, chosen, batch, self.hits)
 
     def __call__(self, flow, x):
+        """The unit's masked pre-activation, op by op, recording hits in backward."""
         y = ops.add_bias(flow, self._matmul(flow, x, self._record), self.b)
         return ops.mask(flow, y, self.mask)
+
+    def activate(self, flow, x):
+        """relu(mask * (x W + b)) as one fused op; a training pass counts its examples."""
+        if flow.training:
+            self.reference += x.shape[0]
+        return ops.meprop_relu_unit(flow, x, self.W, self.b, self.compute, self.selector,
+                                    mask=self.mask, hits=self.hits)
 
     def prune(self, fraction):
         """Deactivate neurons with hits < floor(reference * fraction) for good; reset counters."""

@@ -43,7 +43,7 @@ class MLP:
         """Logits' per-example losses and predictions for a minibatch (x: a raw array)."""
         h = Tensor(x, requires_grad=False)
         for layer in self.layers[:-1]:
-            h = ops.relu(flow, layer(flow, h))
+            h = layer.activate(flow, h)
             if flow.training and self.cfg.Dropout > 0:
                 h = ops.dropout(flow, h, self.cfg.Dropout, self.rng, self.compute)
         logits = self.layers[-1](flow, h)

@@ -56,6 +56,29 @@ def meprop_matmul(flow, x, W, compute, select, recorder=None):
     return y
 
 
+def meprop_relu_unit(flow, x, W, b, compute, selector, mask=None, hits=None):
+    """out = relu(mask * (x @ W.T + b)) as one op, whose backward is meProp's.
+
+    The same function as `relu(mask(add_bias(meprop_matmul(...))))`, recorded as one backward
+    so that a backend can run the whole of it in one call (`compute.meprop_relu_backward`).
+    `hits` (meSimp's record) counts each chosen (example, neuron).
+    """
+    h = compute.matmul_xwt(x.value, W.value)
+    h += b.value
+    if mask is not None:
+        h *= mask
+    h *= h > 0
+    y = Tensor(h, requires_grad=True)
+
+    def backward():
+        dx, W.touched = compute.meprop_relu_backward(x.value, W.value, h, y.grad, b.grad,
+                                                      W.grad, selector, hits, x.requires_grad)
+        if dx is not None:
+            accumulate(x, dx)
+    flow.record(backward)
+    return y
+
+
 def add_bias(flow, h, b):
     """y = h + b; the bias gets the whole dy, summed over the minibatch."""
     y = Tensor(h.value + b.value, requires_grad=True)

@@ -440,3 +440,82 @@ def test_mode_switch():
     assert K.get_mode() == "auto"
     with pytest.raises(ValueError, match="kernel mode"):
         K.set_mode("fast")
+
+
+# ------------------------------------------------------- a hidden layer's fused backward
+
+def _layer_case(rng, kind, B, n_in, n_out):
+    x = rng.standard_normal((B, n_in)).astype(np.float32)
+    W = rng.standard_normal((n_out, n_in)).astype(np.float32)
+    out = np.maximum(gradient_rows(rng, "normal", B, n_out), 0)  # a ReLU output, some zeros
+    g = gradient_rows(rng, kind, B, n_out)
+    return x, W, out, g
+
+
+@pytest.mark.parametrize("kind", ["normal", "ints", "relu", "mixed", "sparse"])
+@pytest.mark.parametrize("B,n_in,n_out,k", [(10, 30, 20, 1), (10, 30, 20, 7), (7, 13, 9, 9),
+                                            (1, 17, 5, 5), (100, 784, 500, 80), (10, 500, 500, 20)])
+def test_layer_backward_matches_naive(mode, kind, B, n_in, n_out, k):
+    """ReLU mask, bias sum, top-k, hits, dx and dW against plain NumPy, from nonzero buffers."""
+    rng = rng_for("layer", kind, B, n_in, n_out, k)
+    x, W, out, g = _layer_case(rng, kind, B, n_in, n_out)
+    db0 = rng.standard_normal(n_out).astype(np.float32)
+    dW0 = rng.standard_normal((n_out, n_in)).astype(np.float32)
+    hits0 = rng.integers(0, 5, n_out)
+    db, dW, hits, gg = db0.copy(), dW0.copy(), hits0.copy(), g.copy()
+    dx, idx = K.layer_backward(gg, out, x, W, k, db, dW, hits=hits)
+    dy = g * (out > 0)
+    np.testing.assert_array_equal(gg, dy)                 # g is overwritten with dy
+    np.testing.assert_array_equal(idx, naive.topk_rows_ref(dy, k))
+    np.testing.assert_array_equal(db, db0 + dy.sum(axis=0))  # same float32 order as NumPy
+    np.testing.assert_array_equal(hits, hits0 + np.bincount(idx.ravel(), minlength=n_out))
+    ref_dx, ref_dW = naive.sparse_backward(x, W, dy, idx, dW0)
+    np.testing.assert_allclose(dx, ref_dx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dW, ref_dW, rtol=1e-4, atol=1e-4)
+
+
+def test_layer_backward_equals_separate_kernels_bitwise(mode):
+    """The fused call gives exactly what the separate kernels give (same summation order)."""
+    rng = rng_for("layer-bitwise")
+    x, W, out, g = _layer_case(rng, "relu", 37, 64, 50)
+    ws = K.BackwardWorkspace(37, 9, 50)
+    db, dW = np.zeros(50, np.float32), np.zeros((50, 64), np.float32)
+    dx, idx = K.layer_backward(g.copy(), out, x, W, 9, db, dW, workspace=ws)
+    dy = g * (out > 0)
+    ref_idx = K.topk_rows(dy, 9)
+    ref_dx, ref_dW = K.sparse_backward(x, W, dy, ref_idx)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_array_equal(dx, ref_dx)
+    np.testing.assert_array_equal(dW, ref_dW)
+
+
+def test_layer_backward_with_given_indices_and_no_dx(mode):
+    """Random-k passes its own idx (used as given, unsorted is fine); the input layer needs no dx."""
+    rng = rng_for("layer-idx")
+    x, W, out, g = _layer_case(rng, "normal", 6, 11, 8)
+    idx = np.argsort(rng.random((6, 8)), axis=1)[:, :3].astype(np.int32)
+    db, dW = np.zeros(8, np.float32), np.zeros((8, 11), np.float32)
+    dx, got = K.layer_backward(g.copy(), out, x, W, 3, db, dW, need_dx=False, idx=idx)
+    assert dx is None and got is idx
+    dy = g * (out > 0)
+    _, ref_dW = naive.sparse_backward(x, W, dy, idx, np.zeros((8, 11), np.float32))
+    np.testing.assert_allclose(dW, ref_dW, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(db, dy.sum(axis=0))
+
+
+def test_layer_backward_rejects_bad_arguments():
+    x, W = np.zeros((4, 5), np.float32), np.zeros((6, 5), np.float32)
+    g, out = np.zeros((4, 6), np.float32), np.zeros((4, 6), np.float32)
+    db, dW = np.zeros(6, np.float32), np.zeros((6, 5), np.float32)
+    with pytest.raises(ValueError, match="k must be"):
+        K.layer_backward(g, out, x, W, 7, db, dW)
+    with pytest.raises(ValueError, match="W must have 6 rows"):
+        K.layer_backward(g, out, x, W[:5], 2, db, dW)
+    with pytest.raises(ValueError, match="x must have shape"):
+        K.layer_backward(g, out, x[:3], W, 2, db, dW)
+    with pytest.raises(ValueError, match="g is written in place"):
+        K.layer_backward(np.zeros((6, 4), np.float32).T, out, x, W, 2, db, dW)
+    with pytest.raises(TypeError, match="hits must have dtype int64"):
+        K.layer_backward(g, out, x, W, 2, db, dW, hits=np.zeros(6, np.int32))
+    with pytest.raises(ValueError, match="idx has entries outside"):
+        K.layer_backward(g, out, x, W, 2, db, dW, idx=np.full((4, 2), 6, np.int32))

@@ -6,6 +6,7 @@ compiled kernel. JIT flags and the serial/parallel choice live in `_jit`.
 import numpy as np
 
 from ._jit import forced_mode, get_mode, set_mode
+from .fused import layer_backward
 from .optim import (adagrad_update, adagrad_update_rows, adam_update, adam_update_rows,
                     sgd_update, sgd_update_rows)
 from .sparse import BackwardWorkspace, record_hits, rows_touched, sparse_backward
@@ -13,7 +14,7 @@ from .threads import set_num_threads
 from .topk import topk_cols_unified, topk_rows
 
 __all__ = [
-    "topk_rows", "topk_cols_unified", "sparse_backward", "BackwardWorkspace",
+    "topk_rows", "topk_cols_unified", "sparse_backward", "layer_backward", "BackwardWorkspace",
     "rows_touched", "record_hits", "sgd_update", "adagrad_update", "adam_update",
     "sgd_update_rows", "adagrad_update_rows", "adam_update_rows", "set_num_threads",
     "warmup", "get_mode", "set_mode", "forced_mode",
@@ -32,6 +33,10 @@ def warmup():
             idx = topk_rows(a, 2)
             topk_cols_unified(a, 2)
             sparse_backward(x, W, a, idx, dW=np.zeros_like(W))
+            layer_backward(a.copy(), a, x, W, 2, np.zeros(5, np.float32), np.zeros_like(W),
+                           hits=np.zeros(5, np.int64))
+            layer_backward(a.copy(), a, x, W, 2, np.zeros(5, np.float32), np.zeros_like(W),
+                           need_dx=False, idx=idx)
             rows_touched(idx, 5)
             record_hits(idx, np.zeros(5, np.int64))
             z = [np.zeros_like(W) for _ in range(3)]

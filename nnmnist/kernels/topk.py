@@ -128,9 +128,19 @@ def _kth_radix(cand, m, want, hist):
 
 
 @kernel
-def _topk_row(bits, k, keys, cols, cand, hist, out):
-    # scratch: keys, cols, cand (n each), hist (256). See the module docstring for the steps.
+def scratch_size(n):
+    """int32 scratch that `_topk_row` needs for a row of n."""
+    return 3 * n + 256
+
+
+@kernel
+def _topk_row(bits, k, scratch, out):
+    # scratch: scratch_size(n) int32. See the module docstring for the steps.
     n = bits.shape[0]
+    keys = scratch[:n]
+    cols = scratch[n:2 * n]
+    cand = scratch[2 * n:3 * n]
+    hist = scratch[3 * n:3 * n + 256]
     top_key = np.int32(0)
     for j in range(n):
         key = _mag_key(bits[j])
@@ -180,12 +190,9 @@ def _topk_rows(bits, k, chunks, out):
     # Rows are split into `chunks` contiguous blocks, each with its own scratch.
     rows, n = bits.shape
     for c in prange(chunks):
-        keys = np.empty(n, np.int32)
-        cols = np.empty(n, np.int32)
-        cand = np.empty(n, np.int32)
-        hist = np.empty(256, np.int32)
+        scratch = np.empty(scratch_size(n), np.int32)
         for r in range(c * rows // chunks, (c + 1) * rows // chunks):
-            _topk_row(bits[r], k, keys, cols, cand, hist, out[r])
+            _topk_row(bits[r], k, scratch, out[r])
 
 
 @kernel
@@ -196,8 +203,7 @@ def _topk_cols_unified(a, k, out):
         for j in range(n):
             total[j] += abs(np.float64(a[r, j]))
     score = total.astype(np.float32)
-    _topk_row(score.view(np.uint32), k, np.empty(n, np.int32), np.empty(n, np.int32),
-              np.empty(n, np.int32), np.empty(256, np.int32), out)
+    _topk_row(score.view(np.uint32), k, np.empty(scratch_size(n), np.int32), out)
 
 
 def topk_rows(a, k, out=None):

@@ -5,6 +5,7 @@ the kernels. Everything else should use the checked functions of `nnmnist.kernel
 import numpy as np
 
 from . import optim, sparse, topk
+from .fused import layer_backward_raw as layer_backward  # noqa: F401
 from ._jit import num_threads
 
 

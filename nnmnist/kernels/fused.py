@@ -1,0 +1,107 @@
+"""A hidden layer's whole meProp backward in one compiled call.
+
+For a unit out = relu(mask * (x @ W.T + b)) and the gradient g of its output, one call does
+what five recorded ops and four kernel calls did before:
+
+    dy = g * (out > 0)                    in place in g (masked neurons output 0, so the
+                                          ReLU test covers the mask)
+    db += dy summed over the minibatch    row by row, in float32, as NumPy sums axis 0
+    idx = the per-row top-k of |dy|       skipped when the caller chose idx (random-k)
+    hits[idx] += 1                        meSimp's record, when asked for
+    dx = sparse dy @ W, dW += sparse dy.T @ x   as `sparse.sparse_backward`
+
+At minibatch 10 the Python dispatch of the separate ops cost as much as their arithmetic;
+here it is paid once. Every step gives bit-for-bit the numbers of the separate path.
+"""
+import numpy as np
+from numba import prange
+
+from . import _check
+from ._jit import num_threads, variants
+from .sparse import BackwardWorkspace, _by_neuron, _dw_row, _dx_row
+from .topk import _topk_row, scratch_size
+
+
+@variants
+def _layer_backward(g, out, x, W, k, select, idx, db, dW, dx, hits, ptr, rows, chunks):
+    batch, n = g.shape
+    gbits = g.view(np.uint32)
+    for c in prange(chunks):
+        scratch = np.empty(scratch_size(n), np.int32)
+        for b in range(c * batch // chunks, (c + 1) * batch // chunks):
+            for j in range(n):
+                g[b, j] = g[b, j] * np.float32(out[b, j] > 0)
+            if select:
+                _topk_row(gbits[b], k, scratch, idx[b])
+    total = np.zeros(n, np.float32)
+    for b in range(batch):
+        for j in range(n):
+            total[j] += g[b, j]
+    for j in range(n):
+        db[j] += total[j]
+    if hits.shape[0]:
+        for v in idx.ravel():
+            hits[v] += 1
+    if dx.shape[0]:
+        for b in prange(batch):
+            _dx_row(W, g, idx, b, dx[b])
+    _by_neuron(idx, ptr, rows)
+    for j in prange(W.shape[0]):
+        _dw_row(x, g, ptr, rows, j, dW[j])
+
+
+def _work(batch, k, n_in, n_out):
+    # multiply-adds of the sparse products plus the selection (about 2 an element)
+    return 2 * batch * k * n_in + 2 * batch * n_out
+
+
+def layer_backward_raw(g, out, x, W, k, idx, db, dW, need_dx, hits, workspace, select=True):
+    """The unchecked call, for a caller that guarantees `layer_backward`'s contract."""
+    batch, n_in = x.shape
+    dx = np.empty((batch if need_dx else 0, n_in), np.float32)
+    if hits is None:
+        hits = _NO_HITS
+    chunks = max(1, min(batch, 4 * num_threads()))
+    _layer_backward.pick(_work(batch, k, n_in, W.shape[0]))(
+        g, out, x, W, k, select, idx, db, dW, dx, hits, workspace.ptr, workspace.rows, chunks)
+    return dx if need_dx else None
+
+
+_NO_HITS = np.zeros(0, np.int64)
+
+
+def layer_backward(g, out, x, W, k, db, dW, need_dx=True, hits=None, idx=None, workspace=None):
+    """meProp backward of out = relu(mask * (x @ W.T + b)) given g, the gradient of out.
+
+    g (B, n_out) float32 is overwritten with dy = g * (out > 0). The k columns of largest |dy|
+    per row are chosen (or `idx` (B, k) int32, given, is used as it is: random-k), db (n_out,)
+    and dW (n_out, n_in) are added into, hits (n_out,) int64 counts each chosen entry when
+    given. Returns (dx or None, idx).
+    """
+    g = _check.array("g", g, np.float32, ndim=2, writable=True)
+    batch, n_out = g.shape
+    out = _check.array("out", out, np.float32, shape=(batch, n_out))
+    W = _check.array("W", W, np.float32, ndim=2)
+    if W.shape[0] != n_out:
+        raise ValueError(f"W must have {n_out} rows to match g {g.shape}, got {W.shape}")
+    n_in = W.shape[1]
+    x = _check.array("x", x, np.float32, shape=(batch, n_in))
+    _check.array("db", db, np.float32, shape=(n_out,), writable=True)
+    _check.array("dW", dW, np.float32, shape=(n_out, n_in), writable=True)
+    if hits is not None:
+        _check.array("hits", hits, np.int64, shape=(n_out,), writable=True)
+    select = idx is None
+    if select:
+        k = _check.integer("k", k, 1, n_out)
+        idx = np.empty((batch, k), np.int32)
+    else:
+        idx = _check.indices("idx", idx, 2, n_out)
+        if idx.shape[0] != batch:
+            raise ValueError(f"idx must have {batch} rows to match g, got shape {idx.shape}")
+        k = idx.shape[1]
+    if workspace is None:
+        workspace = BackwardWorkspace(batch, k, n_out)
+    elif not workspace.fits(batch, k, n_out):
+        raise ValueError(f"workspace does not fit idx ({batch}, {k}) into {n_out} neurons")
+    dx = layer_backward_raw(g, out, x, W, k, idx, db, dW, need_dx, hits, workspace, select)
+    return dx, idx
