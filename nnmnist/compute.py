@@ -180,19 +180,23 @@ class NumbaCompute(NumpyCompute):
         return self.fast.sparse_backward(x, W, dy, idx, dW, need_dx, ws)
 
     def meprop_relu_backward(self, x, W, out, g, db, dW, selector, hits, need_dx):
-        """Per-example top-k or random-k in one fused kernel call; unified goes the plain way
-        (its backward is already two BLAS calls on the compacted blocks)."""
-        fusable = (not selector.unified and g.dtype == np.float32 and g.flags.c_contiguous
-                   and g.flags.writeable and x.flags.c_contiguous)
+        """Per-example top-k or random-k in one fused kernel call; unified in one kernel call
+        (ReLU, bias, column scores, selection) before the two BLAS products."""
+        fusable = (g.dtype == np.float32 and g.flags.c_contiguous and g.flags.writeable
+                   and x.flags.c_contiguous)
         if not fusable:
             return super().meprop_relu_backward(x, W, out, g, db, dW, selector, hits, need_dx)
         batch, n_out = g.shape
         k = selector.k
         select = selector.mode == "top"
-        if select:
-            idx = np.empty((batch, k), np.int32)
-        else:  # random-k does not look at dy: draw it first, as the plain path's selector does
-            idx = self.select_random_rows(selector.rng, batch, n_out, k)
+        # random-k does not look at dy: it is drawn first, as the plain path's selector does
+        if selector.unified:
+            cols = (np.empty(k, np.int32) if select
+                    else self.select_random_unified(selector.rng, n_out, k))
+            dx = self.fast.unified_backward(g, out, x, W, k, cols, db, dW, need_dx, hits, select)
+            return dx, ("cols", cols)
+        idx = (np.empty((batch, k), np.int32) if select
+               else self.select_random_rows(selector.rng, batch, n_out, k))
         ws = self._workspace(batch, k, n_out)
         dx = self.fast.layer_backward(g, out, x, W, k, idx, db, dW, need_dx, hits, ws, select)
         return dx, ("rows", idx)

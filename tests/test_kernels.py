@@ -519,3 +519,61 @@ def test_layer_backward_rejects_bad_arguments():
         K.layer_backward(g, out, x, W, 2, db, dW, hits=np.zeros(6, np.int32))
     with pytest.raises(ValueError, match="idx has entries outside"):
         K.layer_backward(g, out, x, W, 2, db, dW, idx=np.full((4, 2), 6, np.int32))
+
+
+@pytest.mark.parametrize("kind", ["normal", "ints", "relu", "sparse"])
+@pytest.mark.parametrize("B,n_in,n_out,k", [(10, 30, 20, 1), (10, 30, 20, 7), (7, 13, 9, 9),
+                                            (100, 784, 500, 80)])
+def test_unified_backward_matches_naive(kind, B, n_in, n_out, k):
+    """One column set per minibatch: ReLU mask, bias, column choice, hits, dx and dW."""
+    rng = rng_for("unified-layer", kind, B, n_in, n_out, k)
+    x, W, out, g = _layer_case(rng, kind, B, n_in, n_out)
+    db0 = rng.standard_normal(n_out).astype(np.float32)
+    dW0 = rng.standard_normal((n_out, n_in)).astype(np.float32)
+    hits0 = rng.integers(0, 5, n_out)
+    db, dW, hits, gg = db0.copy(), dW0.copy(), hits0.copy(), g.copy()
+    dx, cols = K.unified_backward(gg, out, x, W, k, db, dW, hits=hits)
+    dy = g * (out > 0)
+    np.testing.assert_array_equal(gg, dy)
+    np.testing.assert_array_equal(cols, naive.topk_cols_unified(dy, k))
+    np.testing.assert_array_equal(db, db0 + dy.sum(axis=0))
+    expect_hits = hits0.copy()
+    expect_hits[cols] += B
+    np.testing.assert_array_equal(hits, expect_hits)
+    kept = np.zeros_like(dy, dtype=np.float64)
+    kept[:, cols] = dy[:, cols]
+    np.testing.assert_allclose(dx, kept @ W, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dW, dW0 + kept.T @ x, rtol=1e-4, atol=1e-4)
+
+
+def test_unified_backward_equals_separate_steps_bitwise():
+    rng = rng_for("unified-bitwise")
+    x, W, out, g = _layer_case(rng, "relu", 37, 64, 50)
+    db, dW = np.zeros(50, np.float32), np.zeros((50, 64), np.float32)
+    dx, cols = K.unified_backward(g.copy(), out, x, W, 9, db, dW)
+    dy = g * (out > 0)
+    ref_cols = K.topk_cols_unified(dy, 9)
+    ref_dW = np.zeros((50, 64), np.float32)
+    ref_dW[ref_cols] += dy[:, ref_cols].T @ x
+    np.testing.assert_array_equal(cols, ref_cols)
+    np.testing.assert_array_equal(dx, dy[:, ref_cols] @ W[ref_cols])
+    np.testing.assert_array_equal(dW, ref_dW)
+    np.testing.assert_array_equal(db, dy.sum(axis=0))
+
+
+def test_unified_backward_given_columns_and_bad_arguments():
+    rng = rng_for("unified-given")
+    x, W, out, g = _layer_case(rng, "normal", 6, 11, 8)
+    cols = np.array([5, 1, 6], np.int32)  # any order: used as given
+    db, dW = np.zeros(8, np.float32), np.zeros((8, 11), np.float32)
+    dx, got = K.unified_backward(g.copy(), out, x, W, 3, db, dW, need_dx=False, cols=cols)
+    assert dx is None and got is cols
+    dy = g * (out > 0)
+    np.testing.assert_allclose(dW[cols], dy[:, cols].T @ x, rtol=1e-5, atol=1e-6)
+    assert not dW[[0, 2, 3, 4, 7]].any()
+    with pytest.raises(ValueError, match="must not repeat"):
+        K.unified_backward(g.copy(), out, x, W, 3, db, dW, cols=np.array([1, 1, 2], np.int32))
+    with pytest.raises(ValueError, match="k must be"):
+        K.unified_backward(g.copy(), out, x, W, 9, db, dW)
+    with pytest.raises(ValueError, match="cols has entries outside"):
+        K.unified_backward(g.copy(), out, x, W, 3, db, dW, cols=np.array([8], np.int32))

@@ -6,7 +6,7 @@ compiled kernel. JIT flags and the serial/parallel choice live in `_jit`.
 import numpy as np
 
 from ._jit import forced_mode, get_mode, set_mode
-from .fused import layer_backward
+from .fused import layer_backward, unified_backward
 from .optim import (adagrad_update, adagrad_update_rows, adam_update, adam_update_rows,
                     sgd_update, sgd_update_rows)
 from .sparse import BackwardWorkspace, record_hits, rows_touched, sparse_backward
@@ -14,7 +14,8 @@ from .threads import set_num_threads
 from .topk import topk_cols_unified, topk_rows
 
 __all__ = [
-    "topk_rows", "topk_cols_unified", "sparse_backward", "layer_backward", "BackwardWorkspace",
+    "topk_rows", "topk_cols_unified", "sparse_backward", "layer_backward", "unified_backward",
+    "BackwardWorkspace",
     "rows_touched", "record_hits", "sgd_update", "adagrad_update", "adam_update",
     "sgd_update_rows", "adagrad_update_rows", "adam_update_rows", "set_num_threads",
     "warmup", "get_mode", "set_mode", "forced_mode",
@@ -37,6 +38,10 @@ def warmup():
                            hits=np.zeros(5, np.int64))
             layer_backward(a.copy(), a, x, W, 2, np.zeros(5, np.float32), np.zeros_like(W),
                            need_dx=False, idx=idx)
+            unified_backward(a.copy(), a, x, W, 2, np.zeros(5, np.float32), np.zeros_like(W),
+                             hits=np.zeros(5, np.int64))
+            unified_backward(a.copy(), a, x, W, 2, np.zeros(5, np.float32), np.zeros_like(W),
+                             need_dx=False, cols=idx[0])
             rows_touched(idx, 5)
             record_hits(idx, np.zeros(5, np.int64))
             z = [np.zeros_like(W) for _ in range(3)]

@@ -12,12 +12,15 @@ what five recorded ops and four kernel calls did before:
 
 At minibatch 10 the Python dispatch of the separate ops cost as much as their arithmetic;
 here it is paid once. Every step gives bit-for-bit the numbers of the separate path.
+
+`unified_backward` does the same for unified top-k: one pass for the ReLU mask, the bias and
+the column scores, the selection of k columns, then two BLAS products on the (B, k) block.
 """
 import numpy as np
 from numba import prange
 
 from . import _check
-from ._jit import num_threads, variants
+from ._jit import kernel, num_threads, variants
 from .sparse import BackwardWorkspace, _by_neuron, _dw_row, _dx_row
 from .topk import _topk_row, scratch_size
 
@@ -81,6 +84,22 @@ def layer_backward_raw(g, out, x, W, k, idx, db, dW, need_dx, hits, workspace, s
 _NO_HITS = np.zeros(0, np.int64)
 
 
+def _check_unit(g, out, x, W, db, dW, hits):
+    """The arrays of a unit's backward, checked against g's shape (B, n_out)."""
+    g = _check.array("g", g, np.float32, ndim=2, writable=True)
+    batch, n_out = g.shape
+    out = _check.array("out", out, np.float32, shape=(batch, n_out))
+    W = _check.array("W", W, np.float32, ndim=2)
+    if W.shape[0] != n_out:
+        raise ValueError(f"W must have {n_out} rows to match g {g.shape}, got {W.shape}")
+    x = _check.array("x", x, np.float32, shape=(batch, W.shape[1]))
+    _check.array("db", db, np.float32, shape=(n_out,), writable=True)
+    _check.array("dW", dW, np.float32, shape=W.shape, writable=True)
+    if hits is not None:
+        _check.array("hits", hits, np.int64, shape=(n_out,), writable=True)
+    return g, out, x, W
+
+
 def layer_backward(g, out, x, W, k, db, dW, need_dx=True, hits=None, idx=None, workspace=None):
     """meProp backward of out = relu(mask * (x @ W.T + b)) given g, the gradient of out.
 
@@ -89,18 +108,8 @@ def layer_backward(g, out, x, W, k, db, dW, need_dx=True, hits=None, idx=None, w
     and dW (n_out, n_in) are added into, hits (n_out,) int64 counts each chosen entry when
     given. Returns (dx or None, idx).
     """
-    g = _check.array("g", g, np.float32, ndim=2, writable=True)
+    g, out, x, W = _check_unit(g, out, x, W, db, dW, hits)
     batch, n_out = g.shape
-    out = _check.array("out", out, np.float32, shape=(batch, n_out))
-    W = _check.array("W", W, np.float32, ndim=2)
-    if W.shape[0] != n_out:
-        raise ValueError(f"W must have {n_out} rows to match g {g.shape}, got {W.shape}")
-    n_in = W.shape[1]
-    x = _check.array("x", x, np.float32, shape=(batch, n_in))
-    _check.array("db", db, np.float32, shape=(n_out,), writable=True)
-    _check.array("dW", dW, np.float32, shape=(n_out, n_in), writable=True)
-    if hits is not None:
-        _check.array("hits", hits, np.int64, shape=(n_out,), writable=True)
     select = idx is None
     if select:
         k = _check.integer("k", k, 1, n_out)
@@ -116,3 +125,70 @@ def layer_backward(g, out, x, W, k, db, dW, need_dx=True, hits=None, idx=None, w
         raise ValueError(f"workspace does not fit idx ({batch}, {k}) into {n_out} neurons")
     dx = layer_backward_raw(g, out, x, W, k, idx, db, dW, need_dx, hits, workspace, select)
     return dx, idx
+
+
+# -- unified top-k: one column set for the minibatch, then BLAS on the compacted blocks --------
+
+@kernel
+def _unified_prepare(g, out, k, select, cols, db, hits):
+    # dy = g * (out > 0) in place; db += its column sums (float32, row order); when `select`,
+    # cols = the k columns of largest sum |dy| (float64 sums rounded once to float32, as
+    # `topk_cols_unified`); hits[cols] += batch when hits is given.
+    batch, n = g.shape
+    total = np.zeros(n, np.float32)
+    score = np.zeros(n, np.float64)
+    for b in range(batch):
+        for j in range(n):
+            v = g[b, j] * np.float32(out[b, j] > 0)
+            g[b, j] = v
+            total[j] += v
+            score[j] += abs(np.float64(v))
+    for j in range(n):
+        db[j] += total[j]
+    if select:
+        s32 = score.astype(np.float32)
+        _topk_row(s32.view(np.uint32), k, np.empty(scratch_size(n), np.int32), cols)
+    if hits.shape[0]:
+        for c in cols:
+            hits[c] += batch
+
+
+@kernel
+def _add_rows(dW, cols, block):
+    # dW[cols[i]] += block[i]: the compacted gradient back into its rows
+    n_in = dW.shape[1]
+    for i in range(cols.shape[0]):
+        row = dW[cols[i]]
+        src = block[i]
+        for t in range(n_in):
+            row[t] += src[t]
+
+
+def unified_backward_raw(g, out, x, W, k, cols, db, dW, need_dx, hits, select=True):
+    """The unchecked call behind `unified_backward`; returns dx or None."""
+    _unified_prepare(g, out, k, select, cols, db, _NO_HITS if hits is None else hits)
+    dyc = g[:, cols]
+    _add_rows(dW, cols, dyc.T @ x)
+    return dyc @ W[cols] if need_dx else None
+
+
+def unified_backward(g, out, x, W, k, db, dW, need_dx=True, hits=None, cols=None):
+    """Unified meProp backward of out = relu(mask * (x @ W.T + b)) given g = d out.
+
+    As `layer_backward`, but one column set for the whole minibatch: the k columns of largest
+    sum over the batch of |dy| (or `cols`, given: random-k), and dx, dW from BLAS on the
+    compacted (B, k) block. hits[cols] grows by the batch size. Returns (dx or None, cols).
+    """
+    g, out, x, W = _check_unit(g, out, x, W, db, dW, hits)
+    batch, n_out = g.shape
+    select = cols is None
+    if select:
+        k = _check.integer("k", k, 1, n_out)
+        cols = np.empty(k, np.int32)
+    else:
+        cols = _check.indices("cols", cols, 1, n_out)
+        if np.unique(cols).size != cols.size:
+            raise ValueError("cols must not repeat a column")
+        k = cols.shape[0]
+    dx = unified_backward_raw(g, out, x, W, k, cols, db, dW, need_dx, hits, select)
+    return dx, cols

@@ -6,6 +6,7 @@ import numpy as np
 
 from . import optim, sparse, topk
 from .fused import layer_backward_raw as layer_backward  # noqa: F401
+from .fused import unified_backward_raw as unified_backward  # noqa: F401
 from ._jit import num_threads
 
 
