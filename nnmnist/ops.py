@@ -61,7 +61,8 @@ def meprop_relu_unit(flow, x, W, b, compute, selector, mask=None, hits=None):
 
     The same function as `relu(mask(add_bias(meprop_matmul(...))))`, recorded as one backward
     so that a backend can run the whole of it in one call (`compute.meprop_relu_backward`).
-    `hits` (meSimp's record) counts each chosen (example, neuron).
+    `hits` (meSimp's record) counts each chosen (example, neuron). The backward may overwrite
+    the output's gradient buffer in place (with dy); nothing reads it afterwards.
     """
     h = compute.matmul_xwt(x.value, W.value)
     h += b.value
