@@ -152,8 +152,16 @@ class NumpyCompute:
         """Compile whatever compiles lazily (nothing here)."""
 
 
+def _all_float32(*arrays):
+    return all(a.dtype == np.float32 for a in arrays)
+
+
 class NumbaCompute(NumpyCompute):
-    """The plain path with its hot loops replaced by Numba kernels."""
+    """The plain path with its hot loops replaced by Numba kernels.
+
+    The kernels are float32-only and called unchecked; arrays of another dtype (float64 in a
+    gradient check, say) take the plain NumPy methods instead.
+    """
 
     name = "numba"
 
@@ -170,20 +178,26 @@ class NumbaCompute(NumpyCompute):
         return ws
 
     def select_topk_rows(self, dy, k):
-        return self.fast.topk_rows(dy, k)
+        if dy.dtype != np.float32:
+            return super().select_topk_rows(dy, k)
+        return self.fast.topk_rows(np.ascontiguousarray(dy), k)
 
     def select_topk_unified(self, dy, k):
+        if dy.dtype != np.float32:
+            return super().select_topk_unified(dy, k)
         return self.k.topk_cols_unified(dy, k)
 
     def meprop_backward_rows(self, x, W, dy, idx, dW, need_dx):
+        if not _all_float32(x, W, dy, dW):
+            return super().meprop_backward_rows(x, W, dy, idx, dW, need_dx)
         ws = self._workspace(*idx.shape, W.shape[0])
         return self.fast.sparse_backward(x, W, dy, idx, dW, need_dx, ws)
 
     def meprop_relu_backward(self, x, W, out, g, db, dW, selector, hits, need_dx):
         """Per-example top-k or random-k in one fused kernel call; unified in one kernel call
         (ReLU, bias, column scores, selection) before the two BLAS products."""
-        fusable = (g.dtype == np.float32 and g.flags.c_contiguous and g.flags.writeable
-                   and x.flags.c_contiguous)
+        fusable = (_all_float32(g, out, x, W, db, dW) and g.flags.c_contiguous
+                   and g.flags.writeable and x.flags.c_contiguous)
         if not fusable:
             return super().meprop_relu_backward(x, W, out, g, db, dW, selector, hits, need_dx)
         batch, n_out = g.shape

@@ -88,11 +88,16 @@ class MaskedDense(Dense):
         return ops.mask(flow, y, self.mask)
 
     def activate(self, flow, x):
-        """relu(mask * (x W + b)) as one fused op; a training pass counts its examples."""
-        if flow.training:
-            self.reference += x.shape[0]
-        return ops.meprop_relu_unit(flow, x, self.W, self.b, self.compute, self.selector,
-                                    mask=self.mask, hits=self.hits)
+        """relu(mask * (x W + b)) as one fused op, whose backward records the hits; the
+        reference count moves in backward too (as in `_record`)."""
+        y = ops.meprop_relu_unit(flow, x, self.W, self.b, self.compute, self.selector,
+                                 mask=self.mask, hits=self.hits)
+        batch = x.shape[0]
+
+        def count_examples():
+            self.reference += batch
+        flow.record(count_examples)
+        return y
 
     def prune(self, fraction):
         """Deactivate neurons with hits < floor(reference * fraction) for good; reset counters."""

@@ -98,14 +98,47 @@ def test_fused_unit_full_k_is_the_exact_gradient(masked):
             assert (hi - lo) / 2e-6 == pytest.approx(float((analytic * d).sum()), rel=1e-6, abs=1e-7)
 
 
-def test_fused_path_falls_back_for_non_contiguous_gradients():
-    """A gradient the kernel cannot overwrite in place takes the plain route, same result."""
+@pytest.mark.parametrize("case", ["fortran_g", "float64"])
+def test_fused_path_falls_back_to_the_plain_route(monkeypatch, case):
+    """A gradient the kernel cannot overwrite in place, or arrays that are not float32, take
+    the plain NumPy route (and only then), with the same result."""
+    calls = []
+    plain = NumpyCompute.meprop_relu_backward
+
+    def counted(self, *args):
+        calls.append(1)
+        return plain(self, *args)
+    monkeypatch.setattr(NumpyCompute, "meprop_relu_backward", counted)
+    dtype = np.float64 if case == "float64" else np.float32
     rng = np.random.default_rng(5)
-    x = rng.normal(size=(6, 9)).astype(np.float32)
-    g = np.asfortranarray(rng.normal(size=(6, 12)).astype(np.float32))
-    layer_a = make_layer(FAST, "top", False, False, 4, np.float32)
-    layer_b = make_layer(FAST, "top", False, False, 4, np.float32)
-    a = run(layer_a, True, x, g)
-    b = run(layer_b, True, x, np.ascontiguousarray(g))
-    for u, v in zip(a[1:4], b[1:4]):
-        np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)
+    x = rng.normal(size=(6, 9)).astype(dtype)
+    g = rng.normal(size=(6, 12)).astype(dtype)
+    fast = run(make_layer(FAST, "top", False, True, 4, dtype), True, x,
+               np.asfortranarray(g) if case == "fortran_g" else g)
+    assert len(calls) == 1
+    ref = run(make_layer(PLAIN, "top", False, True, 4, dtype), True, x, g)
+    assert len(calls) == 2
+    for u, v in zip(fast[1:], ref[1:]):
+        if isinstance(u, tuple):
+            np.testing.assert_array_equal(u[1], v[1])
+        elif np.isscalar(u):
+            assert u == v
+        elif u is not None:
+            np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)
+    calls.clear()
+    run(make_layer(FAST, "top", False, True, 4, np.float32), True, x.astype(np.float32),
+        g.astype(np.float32))
+    assert not calls  # the fused kernel, not the plain route
+
+
+def test_mesimp_reference_counts_in_backward_only():
+    """A training forward without a backward moves neither hits nor the reference count."""
+    layer = make_layer(FAST, "top", False, True, 4, np.float32)
+    x = Tensor(np.ones((5, 9), np.float32), requires_grad=False)
+    layer.activate(Flow(), x)
+    assert layer.reference == 0 and not layer.hits.any()
+    flow = Flow()
+    y = layer.activate(flow, x)
+    y.grad = np.ones(y.shape, np.float32)
+    flow.backward()
+    assert layer.reference == 5 and layer.hits.sum() == 5 * 4

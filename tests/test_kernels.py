@@ -519,6 +519,8 @@ def test_layer_backward_rejects_bad_arguments():
         K.layer_backward(g, out, x, W, 2, db, dW, hits=np.zeros(6, np.int32))
     with pytest.raises(ValueError, match="idx has entries outside"):
         K.layer_backward(g, out, x, W, 2, db, dW, idx=np.full((4, 2), 6, np.int32))
+    with pytest.raises(ValueError, match="must not repeat"):
+        K.layer_backward(g, out, x, W, 2, db, dW, idx=np.full((4, 2), 3, np.int32))
 
 
 @pytest.mark.parametrize("kind", ["normal", "ints", "relu", "sparse"])

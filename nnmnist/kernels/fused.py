@@ -54,20 +54,20 @@ def _layer_backward(g, out, x, W, k, select, idx, db, dW, dx, hits, ptr, rows, c
 
 
 # The call has three parallel loops, and each wakes the sleeping thread pool (roughly 50 us
-# on the 2-core test machine), so it runs in parallel only when its serial time is well above
-# that. `benchmarks/epoch_bench.py` with 2 threads, backprop an epoch, in parallel whenever the
-# work passed PARALLEL_MIN_WORK against with this rule: mlptop k=20, minibatch 10: 2.95 s
-# against 0.68 s; minibatch 100: 0.44 s against 0.29 s; mlptop k=80 at minibatch 100 (first
-# layer still parallel) stays at 0.6 s.
-PARALLEL_MIN_BATCH = 32
-PARALLEL_MIN_WORK = 1 << 23
+# on the 2-core test machine), so it runs in parallel only from a batch of 32 and 8M
+# multiply-adds (above the kernels' general PARALLEL_MIN_WORK). `benchmarks/epoch_bench.py`
+# with 2 threads, backprop an epoch, before this rule (parallel from PARALLEL_MIN_WORK) and
+# with it: mlptop k=20, minibatch 10: 2.95 s against 0.68 s; minibatch 100: 0.44 s against
+# 0.29 s; mlptop k=80 at minibatch 100 (its first layer still parallel): 0.6 s both.
+FUSED_MIN_BATCH = 32
+FUSED_MIN_WORK = 1 << 23
 
 
 def _work(batch, k, n_in, n_out):
     # multiply-adds of the sparse products plus the selection (about 2 an element); 0 keeps
     # the call serial
     work = 2 * batch * k * n_in + 2 * batch * n_out
-    return work if batch >= PARALLEL_MIN_BATCH and work >= PARALLEL_MIN_WORK else 0
+    return work if batch >= FUSED_MIN_BATCH and work >= FUSED_MIN_WORK else 0
 
 
 def layer_backward_raw(g, out, x, W, k, idx, db, dW, need_dx, hits, workspace, select=True):
@@ -119,6 +119,8 @@ def layer_backward(g, out, x, W, k, db, dW, need_dx=True, hits=None, idx=None, w
         idx = _check.indices("idx", idx, 2, n_out)
         if idx.shape[0] != batch:
             raise ValueError(f"idx must have {batch} rows to match g, got shape {idx.shape}")
+        if idx.shape[1] > 1 and (np.diff(np.sort(idx, axis=1), axis=1) == 0).any():
+            raise ValueError("idx must not repeat a column within a row")
         k = idx.shape[1]
     if workspace is None:
         workspace = BackwardWorkspace(batch, k, n_out)

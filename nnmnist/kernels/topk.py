@@ -19,7 +19,7 @@ pass that LLVM vectorises or a short loop:
    copies of T, so the output comes out ascending, ties resolved to the lower column.
 
 About 0.7-1.1 us a row of 500 on this project's 2-core test machine, against 2-4 us for a
-plain radix select and 3-5 us for np.argpartition plus a sort (`benchmarks/kernel_bench.py`).
+plain radix select and about 4 us for np.argpartition plus a sort (`benchmarks/kernel_bench.py`).
 """
 import numpy as np
 from numba import prange
