@@ -444,6 +444,13 @@ def test_mode_switch():
 
 # ------------------------------------------------------- a hidden layer's fused backward
 
+def _nonzero_buffers(rng, n_in, n_out):
+    """db, dW and hits holding earlier values, so that a kernel must add rather than set."""
+    return (rng.standard_normal(n_out).astype(np.float32),
+            rng.standard_normal((n_out, n_in)).astype(np.float32),
+            rng.integers(0, 5, n_out))
+
+
 def _layer_case(rng, kind, B, n_in, n_out):
     x = rng.standard_normal((B, n_in)).astype(np.float32)
     W = rng.standard_normal((n_out, n_in)).astype(np.float32)
@@ -459,9 +466,7 @@ def test_layer_backward_matches_naive(mode, kind, B, n_in, n_out, k):
     """ReLU mask, bias sum, top-k, hits, dx and dW against plain NumPy, from nonzero buffers."""
     rng = rng_for("layer", kind, B, n_in, n_out, k)
     x, W, out, g = _layer_case(rng, kind, B, n_in, n_out)
-    db0 = rng.standard_normal(n_out).astype(np.float32)
-    dW0 = rng.standard_normal((n_out, n_in)).astype(np.float32)
-    hits0 = rng.integers(0, 5, n_out)
+    db0, dW0, hits0 = _nonzero_buffers(rng, n_in, n_out)
     db, dW, hits, gg = db0.copy(), dW0.copy(), hits0.copy(), g.copy()
     dx, idx = K.layer_backward(gg, out, x, W, k, db, dW, hits=hits)
     dy = g * (out > 0)
@@ -530,9 +535,7 @@ def test_unified_backward_matches_naive(kind, B, n_in, n_out, k):
     """One column set per minibatch: ReLU mask, bias, column choice, hits, dx and dW."""
     rng = rng_for("unified-layer", kind, B, n_in, n_out, k)
     x, W, out, g = _layer_case(rng, kind, B, n_in, n_out)
-    db0 = rng.standard_normal(n_out).astype(np.float32)
-    dW0 = rng.standard_normal((n_out, n_in)).astype(np.float32)
-    hits0 = rng.integers(0, 5, n_out)
+    db0, dW0, hits0 = _nonzero_buffers(rng, n_in, n_out)
     db, dW, hits, gg = db0.copy(), dW0.copy(), hits0.copy(), g.copy()
     dx, cols = K.unified_backward(gg, out, x, W, k, db, dW, hits=hits)
     dy = g * (out > 0)
