@@ -52,6 +52,7 @@ class Config:
     Threads: int = 1             # Numba and BLAS threads; 0 = the libraries' defaults (all cores)
     DataDir: str = ""            # where bare data-file names are looked up ("" = data/ beside run.py)
     LogDir: str = ""             # where the log is written ("" = beside run.py)
+    Compact: bool = True         # mlpvar: remove pruned neurons (False: keep them, masked)
 
     @property
     def uses_k(self):

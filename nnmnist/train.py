@@ -4,6 +4,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .compact import compact
 from .compute import get_compute
 from .errors import UserError
 from .networks import MLP
@@ -114,6 +115,11 @@ class Trainer:
         self.opt = make_optimizer(cfg, self.model.params, self.compute, len(splits.trn_y))
         self.order = np.arange(len(splits.trn_y))
         self.result = Result(param_count=self.model.param_count)
+        self.position = None          # where a resumed run continues (state.Position)
+        self.checkpoint_file = None   # where to keep the checkpoint (None: keep none)
+        self.best_file = None         # where to keep the best-dev model (None: keep none)
+        self.config_dir = None        # the config's folder, stored so a resume finds the data
+        self._snapshot = self._best = None
 
     def train(self, log):
         """Log the header, train for MaxEpoch epochs and log the end; return the Result."""
@@ -125,6 +131,44 @@ class Trainer:
         result = self.run()
         log(f"{RULE} Run End")
         return result
+
+    def resume(self, log, model_file):
+        """Continue a checkpoint's run to MaxEpoch, appending to its log; return the Result."""
+        from .state import restore
+        self.position = restore(self, model_file)
+        self.log = log
+        self.compute.warmup()
+        p = self.position
+        log.record({"type": "resume", "run_name": self.cfg.run_name(), "seed": self.seed,
+                    "epoch": p.epoch, "part": p.part})
+        log(f"{RULE} Run Resume at {p.epoch:02d}:{p.part:02d}")
+        result = self.run()
+        log(f"{RULE} Run End")
+        return result
+
+    def keep(self, epoch, part, timer, total):
+        """Remember the state at a part boundary (the next part is `part` of `epoch`)."""
+        if self.checkpoint_file is None:
+            return
+        from .state import Position, capture
+        t = lambda x: [x.fp, x.bp, x.update]  # noqa: E731
+        self._snapshot = capture(self, Position(epoch, part, t(timer), t(total)))
+
+    def keep_best(self):
+        if self.best_file is not None:
+            from .state import network_arrays, network_meta
+            self._best = ({"network": network_meta(self.model)}, network_arrays(self.model))
+
+    def write_files(self):
+        """Write the remembered checkpoint and, if it changed, the best-dev model."""
+        from .checkpoint import config_meta, save
+        if self._snapshot is not None:
+            meta, arrays = self._snapshot
+            save(self.checkpoint_file, "checkpoint", {**config_meta(self.cfg), **meta}, arrays)
+        if self._best is not None:
+            meta, arrays = self._best
+            save(self.best_file, "best", {**config_meta(self.cfg), **meta}, arrays)
+            self._best = None
 
     def train_part(self, idx, timer, desc):
         """Train on the examples `idx` (in order) in minibatches; return the part's Score."""
@@ -162,11 +206,32 @@ class Trainer:
     def run(self):
         """The whole run, logging as the original does; returns a Result."""
         cfg, log, res = self.cfg, self.log, self.result
-        total = Timer()
-        for epoch in range(cfg.MaxEpoch):
-            self.data_rng.shuffle(self.order)
-            timer = Timer()
+        pos = self.position
+        total = Timer(*pos.total_time) if pos else Timer()
+        first_epoch, first_part = (pos.epoch, pos.part) if pos else (0, 0)
+        self.keep(first_epoch, first_part, Timer(*pos.epoch_time) if pos else Timer(), total)
+        try:
+            self._run_epochs(first_epoch, first_part, total)
+        except KeyboardInterrupt:
+            self.write_files()  # the state at the last part boundary: only that part is lost
+            raise
+        n = cfg.MaxEpoch
+        log(f"AvgTime: fp: {total.fp / n:.2f}s, bp: {total.bp / n:.2f}s, update:{total.update / n:.2f}s")
+        res.total = total
+        res.dims = self.model.dims()
+        log.record(summary_record(cfg, res, self))
+        return res
+
+    def _run_epochs(self, first_epoch, first_part, total):
+        cfg, log, res = self.cfg, self.log, self.result
+        for epoch in range(first_epoch, cfg.MaxEpoch):
+            resumed = epoch == first_epoch and first_part > 0
+            if not resumed:  # a resumed epoch keeps the order it was shuffled into
+                self.data_rng.shuffle(self.order)
+            timer = Timer(*self.position.epoch_time) if resumed else Timer()
             for part, (start, size) in enumerate(part_bounds(len(self.order), cfg.IterPerEpoch)):
+                if resumed and part < first_part:
+                    continue
                 tag = f"{epoch:02d}:{part:02d}"
                 part_timer = Timer()
                 trn = self.train_part(self.order[start:start + size], part_timer, tag)
@@ -181,6 +246,7 @@ class Trainer:
                     res.best_dev, res.test_at_best = dev.acc, tst.acc
                     log(f"\t tst: {tst.line()}")
                     log(f"$ {res.best_dev:.2f} | {res.test_at_best:.2f}")
+                    self.keep_best()
                 pruned = False
                 if cfg.NetType == "mlpvar":
                     # Two separate rules: Prepare at the end of every cycle; prune after every
@@ -189,20 +255,19 @@ class Trainer:
                         self.opt.prepare()
                     if (epoch // cfg.TrainCycle) % 2 == 0:
                         self.model.prune(cfg.Prune)
+                        if cfg.Compact:
+                            compact(self.model, self.opt)
                         pruned = True
                         log(f"Dims: {self.model.dims()}")
                 record = part_record(epoch, part, trn, dev, tst, res, part_timer, self.model, pruned)
                 res.parts.append(record)
                 log.record(record)
+                self.keep(epoch, part + 1, timer, total)
             log(f"Time: fp: {timer.fp:.2f}s, bp: {timer.bp:.2f}s, update: {timer.update:.2f}s")
             res.epoch_times.append(timer)
             total.add(timer)
-        n = cfg.MaxEpoch
-        log(f"AvgTime: fp: {total.fp / n:.2f}s, bp: {total.bp / n:.2f}s, update:{total.update / n:.2f}s")
-        res.total = total
-        res.dims = self.model.dims()
-        log.record(summary_record(cfg, res, self))
-        return res
+            self.keep(epoch + 1, 0, Timer(), total)
+            self.write_files()
 
 
 def part_record(epoch, part, trn, dev, tst, res, timer, model, pruned):
