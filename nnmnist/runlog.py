@@ -30,18 +30,20 @@ class RunLog:
     """Writes each line to the log file (flushed, so it can be followed) and to the console,
     and each metrics record to a JSON Lines file beside the log (same name, `.jsonl`)."""
 
-    def __init__(self, path=None, console=True):
+    def __init__(self, path=None, console=True, append=False):
         self.path = Path(path) if path else None
         self.console = console
         self._file = self._metrics = None
         self.metrics_path = metrics_path(self.path) if self.path else None
         if self.path:
-            self._file = open(self.path, "x", encoding="utf-8")
+            mode = "a" if append else "x"  # append: a resumed run continues its files
+            self._file = open(self.path, mode, encoding="utf-8")
             try:
-                self._metrics = open(self.metrics_path, "x", encoding="utf-8")
+                self._metrics = open(self.metrics_path, mode, encoding="utf-8")
             except OSError:
                 self._file.close()
-                self.path.unlink()
+                if not append:
+                    self.path.unlink()
                 raise
         self.lines = []
         self.records = []
