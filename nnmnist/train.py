@@ -10,6 +10,7 @@ from .errors import UserError
 from .networks import MLP
 from .optim import make_optimizer
 from .runlog import RunLog
+from .state import Position, capture, network_arrays, network_meta, restore
 from .tensor import Flow
 
 RULE = "#" * 20
@@ -134,7 +135,6 @@ class Trainer:
 
     def resume(self, log, model_file):
         """Continue a checkpoint's run to MaxEpoch, appending to its log; return the Result."""
-        from .state import restore
         self.position = restore(self, model_file)
         self.log = log
         self.compute.warmup()
@@ -150,13 +150,11 @@ class Trainer:
         """Remember the state at a part boundary (the next part is `part` of `epoch`)."""
         if self.checkpoint_file is None:
             return
-        from .state import Position, capture
         t = lambda x: [x.fp, x.bp, x.update]  # noqa: E731
         self._snapshot = capture(self, Position(epoch, part, t(timer), t(total)))
 
     def keep_best(self):
         if self.best_file is not None:
-            from .state import network_arrays, network_meta
             self._best = ({"network": network_meta(self.model)}, network_arrays(self.model))
 
     def write_files(self):
@@ -204,33 +202,26 @@ class Trainer:
         return Score(loss / max(n_batches, 1), correct, len(idx), clock() - start)
 
     def run(self):
-        """The whole run, logging as the original does; returns a Result."""
-        cfg, log, res = self.cfg, self.log, self.result
-        pos = self.position
-        total = Timer(*pos.total_time) if pos else Timer()
-        first_epoch, first_part = (pos.epoch, pos.part) if pos else (0, 0)
-        self.keep(first_epoch, first_part, Timer(*pos.epoch_time) if pos else Timer(), total)
+        """The whole run, logging as the original does; returns a Result. On an interrupt the
+        state at the last part boundary is written, so only the part in progress is lost."""
         try:
-            self._run_epochs(first_epoch, first_part, total)
+            return self._run()
         except KeyboardInterrupt:
-            self.write_files()  # the state at the last part boundary: only that part is lost
+            self.write_files()
             raise
-        n = cfg.MaxEpoch
-        log(f"AvgTime: fp: {total.fp / n:.2f}s, bp: {total.bp / n:.2f}s, update:{total.update / n:.2f}s")
-        res.total = total
-        res.dims = self.model.dims()
-        log.record(summary_record(cfg, res, self))
-        return res
 
-    def _run_epochs(self, first_epoch, first_part, total):
+    def _run(self):
         cfg, log, res = self.cfg, self.log, self.result
-        for epoch in range(first_epoch, cfg.MaxEpoch):
-            resumed = epoch == first_epoch and first_part > 0
-            if not resumed:  # a resumed epoch keeps the order it was shuffled into
+        pos = self.position or Position()
+        total = Timer(*pos.total_time)
+        self.keep(pos.epoch, pos.part, Timer(*pos.epoch_time), total)
+        for epoch in range(pos.epoch, cfg.MaxEpoch):
+            resumed = epoch == pos.epoch and pos.part > 0  # keeps the order it was shuffled into
+            if not resumed:
                 self.data_rng.shuffle(self.order)
-            timer = Timer(*self.position.epoch_time) if resumed else Timer()
+            timer = Timer(*pos.epoch_time) if resumed else Timer()
             for part, (start, size) in enumerate(part_bounds(len(self.order), cfg.IterPerEpoch)):
-                if resumed and part < first_part:
+                if resumed and part < pos.part:
                     continue
                 tag = f"{epoch:02d}:{part:02d}"
                 part_timer = Timer()
@@ -268,6 +259,12 @@ class Trainer:
             total.add(timer)
             self.keep(epoch + 1, 0, Timer(), total)
             self.write_files()
+        n = cfg.MaxEpoch
+        log(f"AvgTime: fp: {total.fp / n:.2f}s, bp: {total.bp / n:.2f}s, update:{total.update / n:.2f}s")
+        res.total = total
+        res.dims = self.model.dims()
+        log.record(summary_record(cfg, res, self))
+        return res
 
 
 def part_record(epoch, part, trn, dev, tst, res, timer, model, pruned):
