@@ -4,12 +4,15 @@ Every file is created with mode 0o666 and so follows the umask, as `open()` does
 A failed write raises `WriteError`, one line that names the file and the system's reason.
 """
 import contextlib
+import ctypes
+import ctypes.util
 import difflib
 import json
 import math
 import os
 import secrets
 import stat
+import sys
 from pathlib import Path
 
 from .errors import RunError, UserError
@@ -209,3 +212,25 @@ def read_json(path, what):
     except OSError as exc:
         raise UserError(f"{path}: cannot read ({os_reason(exc)})") from None
     return loads(text, str(path))
+
+
+def reserve(fd, nbytes):
+    """Set aside disk space for the next `nbytes` written to fd without changing its size (Linux
+    fallocate with FALLOC_FL_KEEP_SIZE), so that a short message still fits once the disk is
+    full. Best effort: False where the platform or file system cannot."""
+    global _fallocate
+    if _fallocate is None:
+        _fallocate = False
+        if sys.platform.startswith("linux"):
+            try:
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+                _fallocate = libc.fallocate
+                _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+            except (OSError, AttributeError):
+                _fallocate = False
+    if not _fallocate:
+        return False
+    return _fallocate(fd, 1, 0, nbytes) == 0  # 1 = FALLOC_FL_KEEP_SIZE
+
+
+_fallocate = None
