@@ -12,7 +12,7 @@ from nnmnist.runlog import RunLog
 from nnmnist.train import Trainer
 
 TIMES = re.compile(r"\d+\.\d+s")
-RESUME_LINE = re.compile(r"#{20} Run Resume at \d\d:\d\d")
+RESUME_LINE = re.compile(r"#{20} Run Resume at \d\d:\d\d|Run stopped: interrupted .*")
 
 
 def tiny_cfg(**fields):
@@ -73,7 +73,7 @@ def assert_same_run(full, first, second):
     def strip(recs):
         keep = []
         for r in recs:
-            if r["type"] in ("part", "summary"):
+            if r["type"] == "part" or r["type"] == "summary" and r.get("stopped") != "interrupted":
                 keep.append({k: v for k, v in r.items() if k not in
                              ("fp", "bp", "update", "train_seconds", "config")})
         return keep
