@@ -5,19 +5,25 @@ removed neuron's row of W and entry of b (with their gradients and optimizer sta
 layer, and its column of the next layer's W (with that column's gradient and optimizer state),
 and its hit counter. Forward, backward and update then run on the smaller arrays.
 
-What changes and what does not. An inactive neuron outputs 0, so it adds nothing to the next
-layer's input, and its gradient is 0, so it adds nothing to any weight's gradient or to dx:
-removing it leaves the maths of training unchanged. The one difference is in meProp's
-selection: the masked network runs top-k over all of a layer's columns, inactive ones
-included. When a row of the output gradient has fewer than k non-zero entries, top-k fills the
-rest with zero-gradient neurons (lowest column first); in the masked network some of those are
-inactive neurons, in the compacted one they are all active neurons (and with fewer than k
-neurons left every neuron is chosen). A zero-gradient choice changes no weight, only which
-neurons get a hit, and so, at the next pruning, which neurons survive. Rounding can also
-differ in the last bits where BLAS sums a shorter inner dimension in another order.
+What changes and what does not. An inactive neuron outputs 0 and gets gradient 0, so it adds
+nothing to the next layer's input, to any weight's gradient or to dx: removing it leaves the
+maths of training unchanged. The one difference is in meProp's selection. The original (and
+`Compact false`) runs top-k over all of a layer's columns, inactive ones included; when a row
+of the output gradient has fewer than k non-zero entries, top-k fills the rest with
+zero-gradient neurons, lowest column first, and some of those are inactive. The compacted
+layer has only active neurons to fill with (and with k or fewer left, chooses them all). A
+zero-gradient choice moves no weight; it only adds a hit. So compaction can only change which
+zero-gradient neurons fill such a row, and so get a hit. Left alone, those extra hits keep
+neurons above the pruning threshold (a default mlpvar run then ended with about 180 hidden
+neurons a layer instead of about 145), so a compacted layer takes them back after each
+backward (`fill_excess`): its hit counts are exactly those of the full-width top-k, and
+pruning follows the original. What remains is rounding: BLAS sums a shorter inner dimension in
+another order, so weights can differ in the last bits, and over many steps that can tip a
+ReLU or a near-tie in top-k one way or the other.
 """
 import numpy as np
 
+from .layers import MaskedDense
 from .optim import pack
 
 
@@ -66,6 +72,44 @@ def replace_params(params, opt, new):
             p.state = saved[id(p)]
 
 
+def fill_excess(nonzero, origin, k, k_compact):
+    """Per column of a compacted layer: how many rows' top-k fill it as a zero-gradient neuron
+    where the full-width top-k (k over the original columns, inactive ones zero) would not.
+
+    nonzero: (rows, n) bool, the output gradient's non-zero pattern; origin: each column's
+    index in the full-width layer (increasing). The full-width top-k of a row with z < k
+    non-zero entries takes every non-zero entry, then the k - z zero columns of lowest index;
+    a zero column's rank among the zero columns is its index minus the non-zero columns before
+    it. The compacted top-k (k_compact = min(k, n)) does the same over the compacted columns.
+    """
+    xp = np if isinstance(nonzero, np.ndarray) else __import__("cupy")
+    nnz = nonzero.sum(axis=1, keepdims=True)
+    before = xp.cumsum(nonzero, axis=1) - nonzero  # non-zero columns to the left
+    zero = ~nonzero
+    col = xp.arange(nonzero.shape[1])
+    compact_fill = zero & (col - before < k_compact - nnz)
+    full_fill = zero & (origin - before < k - nnz)
+    return (compact_fill & ~full_fill).sum(axis=0)
+
+
+class CompactedDense(MaskedDense):
+    """A meSimp unit whose pruned neurons were removed; `origin` holds each remaining neuron's
+    index in the layer as built. Its hits are corrected to the full-width top-k's (see the
+    module's doc), so that pruning decides as it would on the masked layer."""
+
+    def activate(self, flow, x):
+        y = super().activate(flow, x)
+
+        def correct_hits():  # runs before the unit's own backward, once y's gradient is whole
+            nonzero = (y.value > 0) & (y.grad != 0)
+            weight = 1
+            if self.selector.unified:  # one column set per minibatch, `batch` hits each
+                nonzero, weight = nonzero.any(axis=0, keepdims=True), x.shape[0]
+            self.hits -= weight * fill_excess(nonzero, self.origin, self.k_full, self.selector.k)
+        flow.record(correct_hits)
+        return y
+
+
 def set_width(layer, n, k):
     """A masked layer's bookkeeping for `n` physical neurons, all active."""
     xp = layer.compute.xp
@@ -95,8 +139,12 @@ def compact(model, opt=None):
         new[id(layer.b)] = _param_arrays(layer.b, rows)
         new[id(nxt.W)] = _param_arrays_pending(new.get(id(nxt.W)), nxt.W, cols)
         hits = keep_rows(layer.hits, keep)
+        origin = getattr(layer, "origin", None)
+        layer.origin = keep_rows(origin if origin is not None else xp.arange(layer.n_out), keep)
         set_width(layer, n, model.cfg.TrainTop)
         layer.hits = hits
+        layer.k_full = model.cfg.TrainTop
+        layer.__class__ = CompactedDense
     if not new:
         return False
     # A layer's W may have had rows cut (its own pruning) and columns cut (the layer before):

@@ -26,6 +26,8 @@ def network_arrays(model):
         if is_masked(layer):
             arrays[f"net.{i}.active"] = to_host(layer.active)
             arrays[f"net.{i}.hits"] = to_host(layer.hits)
+            if getattr(layer, "origin", None) is not None:  # compacted: neurons' first places
+                arrays[f"net.{i}.origin"] = to_host(layer.origin)
     return arrays
 
 
@@ -64,6 +66,13 @@ def load_network(model, opt, mf):
             layer.hits[...] = xp.asarray(hits)
             layer.reference = int(net["reference"][i])
             layer.n_total = int(net["totals"][i])
+            if f"net.{i}.origin" in mf.arrays:
+                origin = mf.array(f"net.{i}.origin", (layer.n_out,), np.int64)
+                if layer.n_out and (origin.min() < 0 or origin.max() >= layer.n_total
+                                    or (np.diff(origin) <= 0).any()):
+                    raise UserError(f"{mf.path}: field net.{i}.origin is not an increasing "
+                                    f"list of neurons below {layer.n_total} (a damaged file)")
+                layer.origin = xp.asarray(origin)
 
 
 # ---------------------------------------------------------------- the optimizer

@@ -4,7 +4,9 @@ Compaction removes what cannot matter to the maths: an inactive neuron outputs 0
 gradient 0. What it can change is meProp's choice among zero-gradient neurons: masked top-k
 runs over every column, inactive ones included, so when a row has fewer than k non-zero
 entries, the zero-gradient neurons it picks (lowest column first) differ. Those choices move
-no weight; they only add hits. The tests pin both halves down.
+no weight; they only add hits, and a compacted layer takes the extra ones back. The tests pin
+down each half: the raw selections differ exactly there, the corrected hits agree exactly,
+and the weights agree to rounding (BLAS sums a shorter inner dimension in another order).
 """
 import numpy as np
 import pytest
@@ -36,8 +38,9 @@ def test_array_functions_against_a_naive_loop():
     assert W[0, 0] != 99
 
 
-def build(compute, hidden=32, k=6, opt="adam", layers=3, seed=0):
+def build(compute, hidden=32, k=6, opt="adam", layers=3, seed=0, unified=False):
     cfg = Config(NetType="mlpvar", HiddenSize=hidden, TrainTop=k, Layers=layers, OptType=opt,
+                 Unified=unified,
                  LearningRate=0.01 if opt != "adam" else 0.001)
     rng = np.random.default_rng(seed)
     model = MLP(cfg, 20, compute, rng)
@@ -112,11 +115,11 @@ class SpyCompute(NumpyCompute):
         return super().select_topk_rows(dy, k)
 
 
-def twin_models(compute, hidden, k, keep):
+def twin_models(compute, hidden, k, keep, unified=False):
     """A masked model and the compacted copy of the same weights."""
-    masked, opt_m = build(compute, hidden=hidden, k=k)
+    masked, opt_m = build(compute, hidden=hidden, k=k, unified=unified)
     switch_off(masked, keep=keep)
-    compacted, opt_c = build(compute, hidden=hidden, k=k)
+    compacted, opt_c = build(compute, hidden=hidden, k=k, unified=unified)
     switch_off(compacted, keep=keep)
     cm.compact(compacted, opt_c)
     return masked, opt_m, compacted, opt_c
@@ -129,18 +132,26 @@ def batches(n=5, batch=8, seed=5):
 
 
 @pytest.mark.parametrize("compute", COMPUTES, ids=lambda c: c.name)
-def test_training_agrees_when_every_row_has_k_nonzero_gradients(compute):
-    """Same weights, same hits (at the neurons' original columns) after several steps."""
+@pytest.mark.parametrize("k, unified, short_rows", [(3, False, False), (20, False, True),
+                                                    (30, False, True), (20, True, True)])
+def test_compacted_training_keeps_the_masked_hits(compute, k, unified, short_rows):
+    """Same hits (at the neurons' original columns), exactly, and the same weights to rounding
+    after several steps; with short_rows, rows with fewer than k non-zero gradient entries
+    occur, where the raw compacted top-k fills other neurons and the correction matters;
+    k=30 leaves fewer than k active neurons in a layer, where the compacted top-k takes all."""
     xs, ys = batches()
-    spy = SpyCompute()  # the premise, on the plain path with the same weights and data
-    m, o, _, _ = twin_models(spy, 40, 3, 0.7)
+    spy = SpyCompute()  # how short the rows get, on the plain path with the same weights and data
+    m, o, _, _ = twin_models(spy, 40, k, 0.7)
     train_steps(m, o, xs, ys)
-    assert spy.fewest >= 3
-    masked, opt_m, compacted, opt_c = twin_models(compute, 40, 3, 0.7)
+    assert (spy.fewest < k) == short_rows
+    masked, opt_m, compacted, opt_c = twin_models(compute, 40, k, 0.7, unified)
+    assert all(isinstance(layer, cm.CompactedDense) for layer in compacted.masked_layers)
     train_steps(masked, opt_m, xs, ys)
     train_steps(compacted, opt_c, xs, ys)
     for lm, lc in zip(masked.masked_layers, compacted.masked_layers):
-        np.testing.assert_array_equal(expand(lc, lm, lc.hits), lm.hits)
+        # active neurons (the masked layer also counts fills of its inactive ones, which
+        # nothing reads: they stay inactive)
+        np.testing.assert_array_equal(lc.hits, lm.hits[lm.active])
         assert lm.reference == lc.reference
     # weights: the masked network's active rows and columns equal the compacted ones
     a = [layer.active for layer in masked.masked_layers]
@@ -150,8 +161,22 @@ def test_training_agrees_when_every_row_has_k_nonzero_gradients(compute):
     np.testing.assert_allclose(W2c, W2m[a[1]][:, a[0]], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(W3c, W3m[:, a[1]], rtol=1e-5, atol=1e-6)
     # inactive neurons' weights never moved in the masked network: nothing was lost
-    W1_start, _ = build(compute, hidden=40, k=3)[0].layers[0].W.value, None
+    W1_start = build(compute, hidden=40, k=k)[0].layers[0].W.value
     np.testing.assert_array_equal(W1m[~a[0]], W1_start[~a[0]])
+
+
+def test_without_the_correction_short_rows_change_the_hits():
+    """The correction is what keeps the hits: switched off, compacted hits differ."""
+    compute = NumpyCompute()
+    xs, ys = batches()
+    masked, opt_m, compacted, opt_c = twin_models(compute, 40, 20, 0.7)
+    for layer in compacted.masked_layers:
+        layer.__class__ = cm.MaskedDense
+    train_steps(masked, opt_m, xs, ys)
+    train_steps(compacted, opt_c, xs, ys)
+    lm, lc = masked.masked_layers[0], compacted.masked_layers[0]
+    extra = lc.hits - lm.hits[lm.active]
+    assert extra.sum() > 0 and (extra >= 0).all()  # only more hits, never fewer
 
 
 def zero_row_case(compute):
@@ -181,6 +206,31 @@ def test_a_row_with_fewer_than_k_nonzeros_may_hit_other_neurons(compute):
     # so hits may differ only on zero-gradient neurons
     differ = np.flatnonzero(masked[active] != compacted[active])
     assert list(np.flatnonzero(active)[differ]) == [2]
+    # and fill_excess names exactly that difference
+    nonzero = np.zeros((1, 5), bool)
+    nonzero[0, [2, 4]] = True  # compacted columns of neurons 4 and 7
+    excess = cm.fill_excess(nonzero, np.flatnonzero(active), 4, 4)
+    np.testing.assert_array_equal(excess, compacted[active] - masked[active])
+
+
+def test_fill_excess_against_a_naive_full_width_top_k():
+    """Random patterns: the compacted top-k's fills minus fill_excess are the full-width ones."""
+    rng = np.random.default_rng(7)
+    c = NumpyCompute()
+    for _ in range(200):
+        total = int(rng.integers(2, 30))
+        origin = np.sort(rng.choice(total, int(rng.integers(1, total + 1)), replace=False))
+        n, k = len(origin), int(rng.integers(1, total + 1))
+        dy = (rng.random((3, n)) < rng.random()) * rng.normal(size=(3, n))
+        full = np.zeros((3, total))
+        full[:, origin] = dy
+        want = np.zeros(total, np.int64)
+        c.record_choice("rows", c.select_topk_rows(full, k), 3, want)
+        got = np.zeros(n, np.int64)
+        c.record_choice("rows", c.select_topk_rows(dy, min(k, n)), 3, got)
+        got -= cm.fill_excess(dy != 0, origin, k, min(k, n))
+        np.testing.assert_array_equal(got, want[origin])
+        assert want[np.setdiff1d(np.arange(total), origin)].sum() >= 0
 
 
 @pytest.mark.parametrize("compute", COMPUTES, ids=lambda c: c.name)
