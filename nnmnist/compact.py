@@ -103,19 +103,27 @@ class CompactedDense(MaskedDense):
         def correct_hits():  # runs before the unit's own backward, once y's gradient is whole
             nonzero = (y.value > 0) & (y.grad != 0)
             weight = 1
-            if self.selector.unified:  # one column set per minibatch, `batch` hits each
+            if self.unified_full:  # one column set per minibatch, `batch` hits each
                 nonzero, weight = nonzero.any(axis=0, keepdims=True), x.shape[0]
             self.hits -= weight * fill_excess(nonzero, self.origin, self.k_full, self.selector.k)
         flow.record(correct_hits)
         return y
 
 
-def set_width(layer, n, k):
-    """A masked layer's bookkeeping for `n` physical neurons, all active."""
+def set_width(layer, n, k, unified):
+    """A masked layer's bookkeeping for `n` physical neurons, all active, selecting min(k, n).
+
+    With k >= n every row's top-k takes every neuron, which is the one column set a unified
+    top-k of n columns gives: the backward then runs as dense BLAS products instead of a
+    per-example sparse loop over nearly all of the neurons, and each neuron still gets one hit
+    per example.
+    """
     xp = layer.compute.xp
     layer.active = xp.ones(n, dtype=bool)
     layer.mask = xp.ones(n, dtype=np.float32)
     layer.selector.k = min(k, n)
+    layer.selector.unified = unified or k >= n
+    layer.k_full, layer.unified_full = k, unified  # what the full-width layer would select
 
 
 def compact(model, opt=None):
@@ -141,9 +149,8 @@ def compact(model, opt=None):
         hits = keep_rows(layer.hits, keep)
         origin = getattr(layer, "origin", None)
         layer.origin = keep_rows(origin if origin is not None else xp.arange(layer.n_out), keep)
-        set_width(layer, n, model.cfg.TrainTop)
+        set_width(layer, n, model.cfg.TrainTop, model.cfg.Unified)
         layer.hits = hits
-        layer.k_full = model.cfg.TrainTop
         layer.__class__ = CompactedDense
     if not new:
         return False
