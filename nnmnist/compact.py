@@ -72,7 +72,7 @@ def replace_params(params, opt, new):
             p.state = saved[id(p)]
 
 
-def fill_excess(nonzero, origin, k, k_compact):
+def fill_excess(nonzero, origin, k, k_compact, xp=np):
     """Per column of a compacted layer: how many rows' top-k fill it as a zero-gradient neuron
     where the full-width top-k (k over the original columns, inactive ones zero) would not.
 
@@ -81,8 +81,8 @@ def fill_excess(nonzero, origin, k, k_compact):
     non-zero entries takes every non-zero entry, then the k - z zero columns of lowest index;
     a zero column's rank among the zero columns is its index minus the non-zero columns before
     it. The compacted top-k (k_compact = min(k, n)) does the same over the compacted columns.
+    `xp` is the arrays' module (NumPy or CuPy).
     """
-    xp = np if isinstance(nonzero, np.ndarray) else __import__("cupy")
     nnz = nonzero.sum(axis=1, keepdims=True)
     before = xp.cumsum(nonzero, axis=1) - nonzero  # non-zero columns to the left
     zero = ~nonzero
@@ -105,7 +105,8 @@ class CompactedDense(MaskedDense):
             weight = 1
             if self.unified_full:  # one column set per minibatch, `batch` hits each
                 nonzero, weight = nonzero.any(axis=0, keepdims=True), x.shape[0]
-            self.hits -= weight * fill_excess(nonzero, self.origin, self.k_full, self.selector.k)
+            self.hits -= weight * fill_excess(nonzero, self.origin, self.k_full, self.selector.k,
+                                                 self.compute.xp)
         flow.record(correct_hits)
         return y
 

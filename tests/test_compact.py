@@ -50,8 +50,9 @@ def build(compute, hidden=32, k=6, opt="adam", layers=3, seed=0, unified=False):
 def switch_off(model, seed=1, keep=0.6):
     rng = np.random.default_rng(seed)
     for layer in model.masked_layers:
-        layer.active[...] = rng.random(layer.n_out) < keep
-        layer.active[0] = True
+        active = rng.random(layer.n_out) < keep
+        active[0] = True
+        layer.active[...] = model.compute.xp.asarray(active)
         layer.mask[...] = layer.active
 
 
@@ -280,3 +281,28 @@ def test_run_with_compaction_shrinks_and_logs_active_of_total(tiny_splits, kerne
         assert layer.W.value.shape[0] == layer.n_out
     assert t.model.layers[-1].W.value.shape[1] == t.model.masked_layers[-1].n_out
     assert t.result.best_dev > 30  # it learned (chance is 10 %)
+
+
+def _gpu():
+    from nnmnist.backend import gpu_available
+    return gpu_available()
+
+
+@pytest.mark.skipif(not _gpu(), reason="no CUDA GPU (CuPy missing or no device)")
+@pytest.mark.parametrize("k, unified", [(20, False), (30, False), (20, True)])
+def test_compaction_on_the_gpu_keeps_the_masked_hits(k, unified):
+    """The CuPy path: compaction, the hit correction and the dense path for k >= n."""
+    from nnmnist.backend import to_numpy
+    from nnmnist.compute import get_compute
+    compute = get_compute("gpu")
+    xs, ys = batches()
+    xs, ys = [compute.xp.asarray(x) for x in xs], [compute.xp.asarray(y) for y in ys]
+    masked, opt_m, compacted, opt_c = twin_models(compute, 40, k, 0.7, unified)
+    train_steps(masked, opt_m, xs, ys)
+    train_steps(compacted, opt_c, xs, ys)
+    for lm, lc in zip(masked.masked_layers, compacted.masked_layers):
+        active = to_numpy(lm.active)
+        np.testing.assert_array_equal(to_numpy(lc.hits), to_numpy(lm.hits)[active])
+    a = [to_numpy(layer.active) for layer in masked.masked_layers]
+    W2m, W2c = to_numpy(masked.layers[1].W.value), to_numpy(compacted.layers[1].W.value)
+    np.testing.assert_allclose(W2c, W2m[a[1]][:, a[0]], rtol=1e-4, atol=1e-5)
