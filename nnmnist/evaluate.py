@@ -30,14 +30,18 @@ def build_network(mf, cfg):
     return model, compute
 
 
-def evaluate_file(path, data_dir=None, log=print):
+def evaluate_file(path, data_dir=None, log=print, backend=None):
     """Load a model file and MNIST, print the dev and test lines; return (dev, tst) Scores."""
+    from .backend import get_xp
     from .data import load_mnist
     from .train import evaluate
     mf = checkpoint.read(path)
     cfg = mf.config()
     if data_dir is not None:
         cfg = dataclasses.replace(cfg, DataDir=str(data_dir))
+    if backend is not None:
+        cfg = dataclasses.replace(cfg, Backend=backend)
+    get_xp(cfg.Backend)  # a GPU run's model on a machine without one: a one-line error
     if cfg.Backend != "gpu":
         from .kernels import set_num_threads
         set_num_threads(cfg.Threads)  # the run's threads: BLAS then sums in the run's order
@@ -57,8 +61,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m nnmnist.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("model", help="a .ckpt.npz, .best.npz or exported model file")
     p.add_argument("--data", metavar="DIR", help="the MNIST folder (default: the run's DataDir)")
+    p.add_argument("--backend", choices=("cpu", "gpu", "auto"),
+                   help="where to compute (default: the run's Backend)")
     args = p.parse_args(argv)
-    return report_errors(lambda: evaluate_file(args.model, args.data) and 0)
+    return report_errors(lambda: evaluate_file(args.model, args.data, backend=args.backend) and 0)
 
 
 if __name__ == "__main__":
