@@ -92,7 +92,7 @@ def one_epoch(trainer):
     trainer.data_rng.shuffle(trainer.order)
     timer = Timer()
     trainer.train_part(trainer.order, timer, "epoch")
-    return timer.fp + timer.bp + timer.update
+    return (timer.fp + timer.bp + timer.update, timer.fp, timer.bp, timer.update)
 
 
 def median_times(contenders, repeats, fn):
@@ -100,6 +100,8 @@ def median_times(contenders, repeats, fn):
     for _ in range(repeats):
         for name, obj in contenders.items():  # alternating within each repeat
             times[name].append(fn(obj))
+    if isinstance(times[next(iter(times))][0], tuple):  # each part's median separately
+        return {name: tuple(statistics.median(x) for x in zip(*t)) for name, t in times.items()}
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -132,10 +134,10 @@ def main():
     print(f"# meSimp network from {origin}: Dims {var.model.dims()}")
     epoch = median_times({"mlp": mlp, "mlpvar compacted": var, "mlpvar masked": masked},
                          args.repeats, one_epoch)
-    print("\n| case | epoch s (fp+bp+update, median) | / mlp |")
-    print("|---|---|---|")
-    for name, s in epoch.items():
-        print(f"| {name} | {s:.2f} | {s / epoch['mlp']:.2f}x |")
+    print("\n| case | fp s | bp s | update s | epoch s (fp+bp+update) | / mlp |")
+    print("|---|---|---|---|---|---|")
+    for name, (s, fp, bp, up) in epoch.items():
+        print(f"| {name} | {fp:.2f} | {bp:.2f} | {up:.2f} | {s:.2f} | {s / epoch['mlp'][0]:.2f}x |")
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "var.ckpt.npz"

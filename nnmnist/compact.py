@@ -92,6 +92,61 @@ def fill_excess(nonzero, origin, k, k_compact, xp=np):
     return (compact_fill & ~full_fill).sum(axis=0)
 
 
+def take_back_fills(value, grad, origin, k, k_compact, unified, hits, xp=np):
+    """Remove from `hits` what the compacted top-k's zero-gradient fills added beyond the
+    full-width top-k's, for one minibatch: `value` and `grad` are the unit's output and its
+    gradient (the output gradient is non-zero where both are), `unified` the config's choice
+    of one column set per minibatch (each chosen neuron then gets one hit per example)."""
+    nonzero = (value > 0) & (grad != 0)
+    weight = 1
+    if unified:
+        nonzero, weight = nonzero.any(axis=0, keepdims=True), value.shape[0]
+    hits -= weight * fill_excess(nonzero, origin, k, k_compact, xp)
+
+
+def _take_back_fills_kernel():
+    """The same as `take_back_fills` in one pass per row, compiled (for the Numba path)."""
+    from .kernels._jit import kernel
+
+    @kernel
+    def row(nz, origin, k, k_compact, weight, hits):
+        n = nz.shape[0]
+        nnz = 0
+        for j in range(n):
+            nnz += nz[j]
+        if nnz >= k_compact:  # the compacted top-k took no zero-gradient neuron
+            return
+        before = 0
+        for j in range(n):
+            if nz[j]:
+                before += 1
+            elif j - before < k_compact - nnz and not origin[j] - before < k - nnz:
+                hits[j] -= weight
+
+    @kernel
+    def take_back(value, grad, origin, k, k_compact, unified, hits):
+        batch, n = value.shape
+        nz = np.zeros(n, np.bool_)
+        for b in range(batch):
+            for j in range(n):
+                here = value[b, j] > 0 and grad[b, j] != 0
+                nz[j] = (nz[j] or here) if unified else here
+            if not unified:
+                row(nz, origin, k, k_compact, 1, hits)
+        if unified:
+            row(nz, origin, k, k_compact, batch, hits)
+    return take_back
+
+
+_compiled = []
+
+
+def take_back_fills_numba(value, grad, origin, k, k_compact, unified, hits):
+    if not _compiled:
+        _compiled.append(_take_back_fills_kernel())
+    _compiled[0](value, grad, origin, k, k_compact, unified, hits)
+
+
 class CompactedDense(MaskedDense):
     """A meSimp unit whose pruned neurons were removed; `origin` holds each remaining neuron's
     index in the layer as built. Its hits are corrected to the full-width top-k's (see the
@@ -101,12 +156,12 @@ class CompactedDense(MaskedDense):
         y = super().activate(flow, x)
 
         def correct_hits():  # runs before the unit's own backward, once y's gradient is whole
-            nonzero = (y.value > 0) & (y.grad != 0)
-            weight = 1
-            if self.unified_full:  # one column set per minibatch, `batch` hits each
-                nonzero, weight = nonzero.any(axis=0, keepdims=True), x.shape[0]
-            self.hits -= weight * fill_excess(nonzero, self.origin, self.k_full, self.selector.k,
-                                                 self.compute.xp)
+            args = (y.value, y.grad, self.origin, self.k_full, self.selector.k,
+                    self.unified_full, self.hits)
+            if self.compute.name == "numba" and y.value.dtype == y.grad.dtype == np.float32:
+                take_back_fills_numba(*args)
+            else:
+                take_back_fills(*args, xp=self.compute.xp)
         flow.record(correct_hits)
         return y
 

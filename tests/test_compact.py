@@ -306,3 +306,21 @@ def test_compaction_on_the_gpu_keeps_the_masked_hits(k, unified):
     a = [to_numpy(layer.active) for layer in masked.masked_layers]
     W2m, W2c = to_numpy(masked.layers[1].W.value), to_numpy(compacted.layers[1].W.value)
     np.testing.assert_allclose(W2c, W2m[a[1]][:, a[0]], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("unified", [False, True])
+def test_numba_take_back_matches_the_numpy_reference(unified):
+    rng = np.random.default_rng(11)
+    for _ in range(100):
+        total = int(rng.integers(2, 40))
+        origin = np.sort(rng.choice(total, int(rng.integers(1, total + 1)), replace=False))
+        n, k = len(origin), int(rng.integers(1, total + 1))
+        batch = int(rng.integers(1, 6))
+        value = (rng.random((batch, n)) < rng.random()).astype(np.float32) * rng.random((batch, n),
+                                                                                     np.float32)
+        grad = (rng.random((batch, n)) < 0.9).astype(np.float32) * rng.normal(size=(batch, n)).astype(np.float32)
+        want = np.full(n, 100, np.int64)
+        cm.take_back_fills(value, grad, origin, k, min(k, n), unified, want)
+        got = np.full(n, 100, np.int64)
+        cm.take_back_fills_numba(value, grad, origin, k, min(k, n), unified, got)
+        np.testing.assert_array_equal(got, want)
