@@ -23,6 +23,7 @@ ReLU or a near-tie in top-k one way or the other.
 """
 import numpy as np
 
+from . import ops
 from .layers import MaskedDense
 from .optim import pack
 
@@ -153,7 +154,10 @@ class CompactedDense(MaskedDense):
     module's doc), so that pruning decides as it would on the masked layer."""
 
     def activate(self, flow, x):
-        y = super().activate(flow, x)
+        if self.selector.k >= self.n_out:
+            y = self._dense_activate(flow, x)
+        else:
+            y = super().activate(flow, x)
 
         def correct_hits():  # runs before the unit's own backward, once y's gradient is whole
             args = (y.value, y.grad, self.origin, self.k_full, self.selector.k,
@@ -165,20 +169,29 @@ class CompactedDense(MaskedDense):
         flow.record(correct_hits)
         return y
 
+    def _dense_activate(self, flow, x):
+        """relu(x W + b) with the ordinary dense backward, for a layer whose top-k takes every
+        neuron: every non-zero gradient entry flows back, as the full-width top-k also lets
+        through every non-zero entry when a row has fewer than k; each example hits each neuron."""
+        y = ops.relu(flow, ops.add_bias(flow, ops.matmul(flow, x, self.W, self.compute), self.b))
+        batch = x.shape[0]
+
+        def count():
+            self.reference += batch
+            self.hits += batch
+        flow.record(count)
+        return y
+
 
 def set_width(layer, n, k, unified):
     """A masked layer's bookkeeping for `n` physical neurons, all active, selecting min(k, n).
-
-    With k >= n every row's top-k takes every neuron, which is the one column set a unified
-    top-k of n columns gives: the backward then runs as dense BLAS products instead of a
-    per-example sparse loop over nearly all of the neurons, and each neuron still gets one hit
-    per example.
-    """
+    (With k >= n every row's top-k takes every neuron: `CompactedDense` then back-propagates
+    densely, with BLAS products, instead of through a per-example selection.)"""
     xp = layer.compute.xp
     layer.active = xp.ones(n, dtype=bool)
     layer.mask = xp.ones(n, dtype=np.float32)
     layer.selector.k = min(k, n)
-    layer.selector.unified = unified or k >= n
+    layer.selector.unified = unified
     layer.k_full, layer.unified_full = k, unified  # what the full-width layer would select
 
 
