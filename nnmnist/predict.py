@@ -7,13 +7,12 @@ goes to standard output.
 """
 import argparse
 import io
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from . import fsio
 from .errors import UserError, report_errors
 
 
@@ -38,22 +37,6 @@ def predictions_csv(labels, probs):
     return out.getvalue()
 
 
-def write_text_atomic(path, text):
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise UserError(f"{path}: folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def predict_file(model_path, images_path, output=None):
     """Label every image; return (labels, probabilities) and write the CSV."""
     from .data import read_idx_images
@@ -71,10 +54,9 @@ def predict_file(model_path, images_path, output=None):
     if output is None:
         sys.stdout.write(text)
     else:
-        try:
-            write_text_atomic(output, text)
-        except OSError as exc:
-            raise UserError(f"{output}: cannot write ({exc.strerror})") from None
+        if not Path(output).parent.is_dir():
+            raise UserError(f"{output}: folder {Path(output).parent} does not exist")
+        fsio.atomic_write(output, text)  # a failure is a one-line error naming the file
     return labels, best
 
 

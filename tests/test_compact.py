@@ -17,7 +17,7 @@ from nnmnist.config import Config
 from nnmnist.networks import MLP
 from nnmnist.optim import make_optimizer
 from nnmnist.runlog import RunLog
-from nnmnist.tensor import Flow, Tensor
+from nnmnist.tensor import Flow
 from nnmnist.train import Trainer
 
 COMPUTES = [NumpyCompute(), NumbaCompute()]
