@@ -10,6 +10,9 @@
      with its pruned neurons removed;
    - mlpvar masked: the same weights in full-size arrays with the pruned neurons masked
      (Compact false, what every mlpvar run cost before compaction).
+   Wall-clock seconds (what the log's `Time:` line sums) and the process's CPU seconds over
+   the whole epoch (all threads; the data gathering included) are both given: on a busy
+   machine the wall clock also counts the time other processes held the core.
    The meSimp network is the one a real run reaches: by default this script trains the first
    simplify cycle (TrainCycle epochs of the default mlpvar config, seed 1); with --checkpoint
    it starts from a run's checkpoint (for example the one a 20-epoch run leaves).
@@ -91,8 +94,10 @@ def masked_twin(compacted, splits):
 def one_epoch(trainer):
     trainer.data_rng.shuffle(trainer.order)
     timer = Timer()
+    cpu = time.process_time()
     trainer.train_part(trainer.order, timer, "epoch")
-    return (timer.fp + timer.bp + timer.update, timer.fp, timer.bp, timer.update)
+    cpu = time.process_time() - cpu
+    return (timer.fp + timer.bp + timer.update, timer.fp, timer.bp, timer.update, cpu)
 
 
 def median_times(contenders, repeats, fn):
@@ -134,10 +139,11 @@ def main():
     print(f"# meSimp network from {origin}: Dims {var.model.dims()}")
     epoch = median_times({"mlp": mlp, "mlpvar compacted": var, "mlpvar masked": masked},
                          args.repeats, one_epoch)
-    print("\n| case | fp s | bp s | update s | epoch s (fp+bp+update) | / mlp |")
-    print("|---|---|---|---|---|---|")
-    for name, (s, fp, bp, up) in epoch.items():
-        print(f"| {name} | {fp:.2f} | {bp:.2f} | {up:.2f} | {s:.2f} | {s / epoch['mlp'][0]:.2f}x |")
+    print("\n| case | fp s | bp s | update s | epoch s (fp+bp+update) | / mlp | CPU s | / mlp |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, (s, fp, bp, up, cpu) in epoch.items():
+        print(f"| {name} | {fp:.2f} | {bp:.2f} | {up:.2f} | {s:.2f} | {s / epoch['mlp'][0]:.2f}x "
+              f"| {cpu:.2f} | {cpu / epoch['mlp'][4]:.2f}x |")
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "var.ckpt.npz"
