@@ -51,12 +51,12 @@ def test_the_model_owns_one_flat_store_and_the_optimizer_keeps_it():
 def test_dense_step_is_one_call_over_the_whole_store(monkeypatch):
     model, opt = build(opt_type="adam")
     calls = []
-    original = NumpyCompute.adam
+    original = NumpyCompute.update
 
-    def spy(self, w, g, m, v, *args):
+    def spy(self, rule, w, *args):
         calls.append(w.size)
-        return original(self, w, g, m, v, *args)
-    monkeypatch.setattr(NumpyCompute, "adam", spy)
+        return original(self, rule, w, *args)
+    monkeypatch.setattr(NumpyCompute, "update", spy)
     train(model, opt, batches(1))
     assert calls == [model.param_count]
 

@@ -1,15 +1,61 @@
-"""SGD, AdaGrad and Adam as the original applies them: element-wise, after every minibatch.
+"""What every optimizer shares: the `Rule` a backend runs, and the `Optimizer` base class.
 
-The base class owns the state and `step` over the model's parameter store; each subclass
-writes one `_update`.
-The arithmetic itself lives in `compute` (plain NumPy, fused Numba or CuPy), written once there.
+The original applies its rules element-wise after every minibatch, with the gradient zeroed
+afterwards. A `Rule` is one such update written three ways, side by side in the rule's module:
+a NumPy body, a Numba element function (compiled into a dense loop and a row loop) and a CUDA
+body (compiled into a dense kernel and two row kernels by `nnmnist.gpu`). The row ("lazy")
+variants are derived from the same body everywhere: NumPy gathers the rows, runs the body and
+scatters them back; the Numba and CUDA row loops call the same element code.
 """
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import UserError
-from .params import ParamStore, StateDictError, check_state_keys, load_into, to_host
+from ..errors import UserError
+from ..params import ParamStore, StateDictError, check_state_keys, load_into, to_host
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One element-wise update rule, in the forms each backend runs.
+
+    name: the OptType. state: names of the per-element state arrays (e.g. ("m", "v")).
+    scalars: names of the per-step scalars, in call order; "clip" is always last.
+    numpy(w, g, *state, *scalars): updates w and the state in place (g may be overwritten).
+    numba_dense / numba_rows: `Variants` loops over (w, g, *state, *scalars) flat float32
+        arrays and over (W, G, *State, rows, *scalars) 2-D arrays and sorted unique rows.
+    cuda: the body of one element over references w, g and the state, in the order of the
+        NumPy body's float32 operations, with `*_rn` rounding helpers (no fused multiply-add).
+    """
+    name: str
+    state: tuple
+    scalars: tuple
+    numpy: object
+    numba_dense: object
+    numba_rows: object
+    cuda: str
+
+
+def numpy_clip(g, clip):
+    """Clip g to [-clip, clip] in place when clip > 0 (clip <= 0: no clipping)."""
+    if clip > 0:
+        np.clip(g, -clip, clip, out=g)
+
+
+def numpy_rows(rule, W, G, states, rows, scalars):
+    """The NumPy body on the listed rows only; only those rows of G are zeroed."""
+    w, g, s = W[rows], G[rows], [S[rows] for S in states]
+    rule.numpy(w, g, *s, *scalars)
+    W[rows], G[rows] = w, 0
+    for S, part in zip(states, s):
+        S[rows] = part
+
+
+# CUDA snippets shared by the rules' bodies: g is clipped to [-clip, clip] when clip > 0 (NaN
+# stays NaN, as with np.clip); L2 adds l2 * w to the gradient first.
+CUDA_CLIP = "if (clip > 0) { if (gg > clip) gg = clip; else if (gg < -clip) gg = -clip; }"
+CUDA_L2 = "if (l2 != 0) gg = add_rn(gg, mul_rn((T)l2, w));"
 
 
 def store_for(params, xp):
@@ -36,7 +82,7 @@ class Optimizer:
     parameter's `state` holds views of its part. The store's `take` cuts the state too.
     """
 
-    state_names = ()
+    rule = None  # the Rule this optimizer runs (set by each subclass)
 
     def __init__(self, params, compute, lr, clip=0.0, lazy=False):
         if not (lr > 0 and math.isfinite(lr)):
@@ -53,6 +99,15 @@ class Optimizer:
     @property
     def params(self):
         return self.store.params
+
+    @property
+    def state_names(self):
+        return self.rule.state
+
+    @classmethod
+    def from_config(cls, cfg, params, compute, n_train):
+        """The optimizer with a config's hyperparameters (`make_optimizer` calls this)."""
+        raise NotImplementedError
 
     def _state_views(self):
         """Per-parameter views of the state buffers, rebuilt when the store's layout changed."""
@@ -75,24 +130,27 @@ class Optimizer:
         self.t += 1
         self._begin_step()
         views = self._state_views()
+        c, rule, scalars = self.compute, self.rule, self.scalars()
         if not self.lazy:
             store = self.store  # one fused pass over every parameter
-            self._update(store.value, store.grad, self.state.flat, None)
+            c.update(rule, store.value, store.grad, list(self.state.flat.values()), scalars)
         else:
             for p, state in zip(self.store.params, views):
-                rows = None
-                if p.touched is not None:
+                states = [state[name] for name in rule.state]
+                if p.touched is None:
+                    c.update(rule, p.value, p.grad, states, scalars)
+                else:
                     kind, chosen = p.touched
-                    rows = self.compute.touched_rows(kind, chosen, p.shape[0])
-                self._update(p.value, p.grad, state, rows)
+                    rows = c.touched_rows(kind, chosen, p.shape[0])
+                    c.update_rows(rule, p.value, p.grad, states, rows, scalars)
         for p in self.store.params:
             p.touched = None
 
     def _begin_step(self):
-        """Per-step scalars (learning-rate schedules, bias corrections)."""
+        """Per-step values (learning-rate schedules, bias corrections)."""
 
-    def _update(self, w, g, state, rows):
-        """Update w (and the state arrays) from g, on `rows` only when given; zero g."""
+    def scalars(self):
+        """This step's scalars, in the order of `rule.scalars`."""
         raise NotImplementedError
 
     # -- state -----------------------------------------------------------------------------
@@ -117,67 +175,3 @@ class Optimizer:
         self.t = int(t)
 
 
-class SGD(Optimizer):
-    """w -= lr_t g, lr_t = lr * decay^(t / N_train); SGD ignores L2, as the original does."""
-
-    def __init__(self, params, compute, lr, decay, n_train, clip=0.0, lazy=False):
-        self.decay, self.n_train = decay, n_train
-        super().__init__(params, compute, lr, clip, lazy)
-
-    def _begin_step(self):
-        self.lr_t = self.lr * self.decay ** (self.t / self.n_train)
-
-    def _update(self, w, g, state, rows):
-        c = self.compute
-        if rows is None:
-            c.sgd(w, g, self.lr_t, self.clip)
-        else:
-            c.sgd_rows(w, g, rows, self.lr_t, self.clip)
-
-
-class AdaGrad(Optimizer):
-    """g += l2 w; clip; h += g^2; w -= g lr / sqrt(h + eps)."""
-
-    state_names = ("h",)
-
-    def __init__(self, params, compute, lr, eps, l2=0.0, clip=0.0, lazy=False):
-        self.eps, self.l2 = eps, l2
-        super().__init__(params, compute, lr, clip, lazy)
-
-    def _update(self, w, g, state, rows):
-        c, h = self.compute, state["h"]
-        if rows is None:
-            c.adagrad(w, g, h, self.lr, self.eps, self.l2, self.clip)
-        else:
-            c.adagrad_rows(w, g, h, rows, self.lr, self.eps, self.l2, self.clip)
-
-
-class Adam(Optimizer):
-    """g += l2 w; clip; v = .999 v + .001 g^2; m = .9 m + .1 g; w -= lr_t m / (sqrt(v) + 1e-8),
-    with lr_t = lr sqrt(1 - .999^t) / (1 - .9^t). t survives Prepare, as in the original."""
-
-    state_names = ("m", "v")
-
-    def __init__(self, params, compute, lr, l2=0.0, clip=0.0, lazy=False):
-        self.l2 = l2
-        super().__init__(params, compute, lr, clip, lazy)
-
-    def _begin_step(self):
-        self.lr_t = self.lr * math.sqrt(1 - 0.999 ** self.t) / (1 - 0.9 ** self.t)
-
-    def _update(self, w, g, state, rows):
-        c, m, v = self.compute, state["m"], state["v"]
-        if rows is None:
-            c.adam(w, g, m, v, self.lr_t, self.l2, self.clip)
-        else:
-            c.adam_rows(w, g, m, v, rows, self.lr_t, self.l2, self.clip)
-
-
-def make_optimizer(cfg, params, compute, n_train):
-    """The optimizer that `OptType` names, with the config's hyperparameters."""
-    common = dict(clip=cfg.ClipBound, lazy=cfg.LazyUpdate)
-    if cfg.OptType == "sgd":
-        return SGD(params, compute, cfg.LearningRate, cfg.DecayRate, n_train, **common)
-    if cfg.OptType == "adagrad":
-        return AdaGrad(params, compute, cfg.LearningRate, cfg.Eps, cfg.L2RegFactor, **common)
-    return Adam(params, compute, cfg.LearningRate, cfg.L2RegFactor, **common)
