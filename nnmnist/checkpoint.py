@@ -62,7 +62,7 @@ def save(path, kind, meta, arrays):
     the target, so a reader sees the old file or the new one, never half of one."""
     path = Path(path)
     meta = {"format": FORMAT, "version": VERSION, "kind": kind, **meta}
-    payload = {name: np.ascontiguousarray(to_host(a)) for name, a in arrays.items()}
+    payload = {name: to_host(a) for name, a in arrays.items()}  # 0-d arrays stay 0-d
     payload["meta"] = np.array(json.dumps(meta))
     # the temporary file is hidden, in the same folder, with a mode that follows the umask
     with fsio.temp_path(path.parent, ".tmp", f".{path.name}.") as tmp:

@@ -25,7 +25,6 @@ import numpy as np
 
 from . import ops
 from .layers import MaskedDense
-from .optim import pack
 
 
 def keep_rows(a, keep):
@@ -41,36 +40,6 @@ def keep_cols(a, keep):
 def compact_arrays(W, b, W_next, keep):
     """The arrays of a layer and its successor once only the neurons `keep` remain."""
     return keep_rows(W, keep), keep_rows(b, keep), keep_cols(W_next, keep)
-
-
-def _param_arrays(p, cut):
-    """(value, grad, state) of a parameter after applying `cut` to each of its arrays."""
-    grad = p._grad if p._grad is not None else p.value * 0
-    return cut(p.value), cut(grad), {name: cut(s) for name, s in p.state.items()}
-
-
-def replace_params(params, opt, new):
-    """Give some parameters new arrays (value, grad, state) and rebuild the optimizer's flat
-    store (if there is an optimizer) around every parameter; the other parameters keep their
-    values, gradients and state."""
-    saved = {}
-    for p in params:
-        if id(p) in new:
-            value, grad, state = new[id(p)]
-            p.value, p._grad = value, grad
-            saved[id(p)] = state
-        else:
-            saved[id(p)] = dict(p.state)  # the old buffers stay alive while referenced
-        p.touched = None
-    if opt is not None and opt.flat is not None:
-        opt.flat = pack(opt.params, opt.compute.xp, opt.state_names)
-        for p in opt.params:
-            for name, view in p.state.items():
-                if name in saved[id(p)]:
-                    view[...] = saved[id(p)][name]
-    else:
-        for p in params:
-            p.state = saved[id(p)]
 
 
 def fill_excess(nonzero, origin, k, k_compact, xp=np):
@@ -198,10 +167,12 @@ def set_width(layer, n, k, unified):
 def compact(model, opt=None):
     """Remove every masked layer's inactive neurons; returns True if anything was removed.
 
-    A layer whose neurons are all inactive is left as it is (masked), so that no array is empty.
+    The model's parameter store is laid out again smaller (`ParamStore.take`), and the
+    optimizer's state buffers, aligned with it, are cut the same way (`opt` is not needed).
+    A layer whose neurons are all inactive is left as it is (masked), so no array is empty.
     """
     xp = model.compute.xp
-    new = {}
+    rows, cols = {}, {}  # parameter name -> kept rows / kept columns
     for i, layer in enumerate(model.layers[:-1]):
         if not hasattr(layer, "active"):
             continue
@@ -209,34 +180,31 @@ def compact(model, opt=None):
         n = int(keep.size)
         if n == layer.n_out or n == 0:
             continue
-        rows = lambda a, keep=keep: keep_rows(a, keep)  # noqa: E731
-        cols = lambda a, keep=keep: keep_cols(a, keep)  # noqa: E731
-        nxt = model.layers[i + 1]
-        new[id(layer.W)] = _param_arrays_pending(new.get(id(layer.W)), layer.W, rows)
-        new[id(layer.b)] = _param_arrays(layer.b, rows)
-        new[id(nxt.W)] = _param_arrays_pending(new.get(id(nxt.W)), nxt.W, cols)
+        rows[f"{i}.W"] = rows[f"{i}.b"] = keep
+        cols[f"{i + 1}.W"] = keep
         hits = keep_rows(layer.hits, keep)
         origin = getattr(layer, "origin", None)
         layer.origin = keep_rows(origin if origin is not None else xp.arange(layer.n_out), keep)
         set_width(layer, n, model.cfg.TrainTop, model.cfg.Unified)
         layer.hits = hits
         layer.__class__ = CompactedDense
-    if not new:
+    if not rows:
         return False
-    # A layer's W may have had rows cut (its own pruning) and columns cut (the layer before):
-    # `_param_arrays_pending` composes them, so every parameter is rebuilt once.
-    replace_params(model.params, opt, new)
+    index = {}
+    for name in set(rows) | set(cols):
+        if name in rows and name in cols:  # a W between two compacted layers
+            index[name] = xp.ix_(rows[name], cols[name])
+        elif name in rows:
+            index[name] = rows[name]
+        else:
+            index[name] = (slice(None), cols[name])
+    model.store.take(index)
+    for p in model.params:
+        p.touched = None
     return True
 
 
-def _param_arrays_pending(pending, p, cut):
-    if pending is None:
-        return _param_arrays(p, cut)
-    value, grad, state = pending
-    return cut(value), cut(grad), {name: cut(s) for name, s in state.items()}
-
-
-def resize(model, opt, widths):  # opt may be None (a model without training state)
+def resize(model, widths):
     """Shrink a freshly built model to stored physical widths (one per masked layer, in order)
     so a compacted checkpoint's arrays fit; the values are loaded afterwards."""
     xp = model.compute.xp
@@ -246,6 +214,6 @@ def resize(model, opt, widths):  # opt may be None (a model without training sta
         if n != layer.n_out:
             layer.active[...] = False
             layer.active[:n] = True
-    if compact(model, opt):
+    if compact(model):
         for i, n in zip(masked, widths):
             model.layers[i].hits = xp.zeros(n, dtype=np.int64)

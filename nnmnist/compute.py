@@ -6,6 +6,8 @@
 """
 import numpy as np
 
+from .optim.base import numpy_rows
+
 
 class NumpyCompute:
     """Plain NumPy: top-k by a stable sort, sparse backward as dense matmuls on a zeroed dy."""
@@ -95,55 +97,14 @@ class NumpyCompute:
         hits += np.bincount(idx.ravel(), minlength=hits.shape[0])
 
     # -- optimizer updates (in place; each zeroes g afterwards) -------------------------------
-    @staticmethod
-    def _clip(g, clip):
-        if clip > 0:
-            np.clip(g, -clip, clip, out=g)
-
-    def sgd(self, w, g, lr_t, clip):
-        """g clipped; w -= lr_t * g."""
-        self._clip(g, clip)
-        w -= np.float32(lr_t) * g
+    def update(self, rule, w, g, states, scalars):
+        """One step of an optimizer `Rule` over w (any shape) and its state; g is zeroed."""
+        rule.numpy(w, g, *states, *scalars)
         g.fill(0)
 
-    def adagrad(self, w, g, h, lr, eps, l2, clip):
-        """g += l2 w; clip; h += g^2; w -= g lr / sqrt(h + eps)."""
-        if l2:
-            g += np.float32(l2) * w
-        self._clip(g, clip)
-        h += g * g
-        w -= g * np.float32(lr) / np.sqrt(h + np.float32(eps))
-        g.fill(0)
-
-    def adam(self, w, g, m, v, lr_t, l2, clip):
-        """g += l2 w; clip; v = .999 v + .001 g^2; m = .9 m + .1 g; w -= lr_t m / (sqrt(v) + 1e-8)."""
-        if l2:
-            g += np.float32(l2) * w
-        self._clip(g, clip)
-        v *= np.float32(0.999)
-        v += np.float32(0.001) * (g * g)
-        m *= np.float32(0.9)
-        m += np.float32(0.1) * g
-        w -= np.float32(lr_t) * m / (np.sqrt(v) + np.float32(1e-8))
-        g.fill(0)
-
-    def sgd_rows(self, W, G, rows, lr_t, clip):
-        """SGD on the listed rows only; only those rows of G are zeroed."""
-        w, g = W[rows], G[rows]
-        self.sgd(w, g, lr_t, clip)
-        W[rows], G[rows] = w, 0
-
-    def adagrad_rows(self, W, G, H, rows, lr, eps, l2, clip):
-        """AdaGrad on the listed rows only."""
-        w, g, h = W[rows], G[rows], H[rows]
-        self.adagrad(w, g, h, lr, eps, l2, clip)
-        W[rows], G[rows], H[rows] = w, 0, h
-
-    def adam_rows(self, W, G, M, V, rows, lr_t, l2, clip):
-        """Adam on the listed rows only; the other rows' moments are left as they are."""
-        w, g, m, v = W[rows], G[rows], M[rows], V[rows]
-        self.adam(w, g, m, v, lr_t, l2, clip)
-        W[rows], G[rows], M[rows], V[rows] = w, 0, m, v
+    def update_rows(self, rule, W, G, states, rows, scalars):
+        """The rule on the listed rows of 2-D W and its state only; only G[rows] is zeroed."""
+        numpy_rows(rule, W, G, states, rows, scalars)
 
     def sync(self):
         """Wait for queued device work (nothing to wait for on the CPU)."""
@@ -223,24 +184,18 @@ class NumbaCompute(NumpyCompute):
     def record_hits(self, idx, hits):
         self.k.record_hits(idx, hits)
 
-    def sgd(self, w, g, lr_t, clip):
-        self.fast.sgd_update(w.reshape(-1), g.reshape(-1), lr_t, clip)
+    def update(self, rule, w, g, states, scalars):
+        if not _all_float32(w, g, *states):
+            return super().update(rule, w, g, states, scalars)
+        rule.numba_dense.pick(w.size)(w.reshape(-1), g.reshape(-1),
+                                      *(s.reshape(-1) for s in states),
+                                      *(np.float32(x) for x in scalars))
 
-    def adagrad(self, w, g, h, lr, eps, l2, clip):
-        self.fast.adagrad_update(w.reshape(-1), g.reshape(-1), h.reshape(-1), lr, eps, l2, clip)
-
-    def adam(self, w, g, m, v, lr_t, l2, clip):
-        self.fast.adam_update(w.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1),
-                              lr_t, l2, clip)
-
-    def sgd_rows(self, W, G, rows, lr_t, clip):
-        self.k.sgd_update_rows(W, G, rows, lr_t, clip)
-
-    def adagrad_rows(self, W, G, H, rows, lr, eps, l2, clip):
-        self.k.adagrad_update_rows(W, G, H, rows, lr, eps, l2, clip)
-
-    def adam_rows(self, W, G, M, V, rows, lr_t, l2, clip):
-        self.k.adam_update_rows(W, G, M, V, rows, lr_t, l2, clip)
+    def update_rows(self, rule, W, G, states, rows, scalars):
+        if not _all_float32(W, G, *states):
+            return super().update_rows(rule, W, G, states, rows, scalars)
+        rule.numba_rows.pick(rows.size * W.shape[1])(W, G, *states, rows,
+                                                     *(np.float32(x) for x in scalars))
 
     def warmup(self):
         self.k.warmup()

@@ -11,7 +11,7 @@ from . import fsio
 from .errors import UserError
 
 NET_TYPES = ("mlp", "mlprand", "mlptop", "mlpvar")
-OPT_TYPES = ("sgd", "adagrad", "adam")
+OPT_TYPES = ("sgd", "adagrad", "adam", "rmsprop")
 BACKENDS = ("cpu", "gpu", "auto")
 KERNELS = ("numba", "numpy")
 K_NETS = ("mlprand", "mlptop", "mlpvar")
@@ -53,6 +53,7 @@ class Config:
     LogDir: str = ""             # where the log is written ("" = beside run.py)
     Compact: bool = True         # mlpvar: remove pruned neurons (False: keep them, masked)
     AllowDivergence: bool = False  # keep training when the training loss is NaN, infinite or huge
+    RmsDecay: float = 0.9        # rmsprop's decay rho of the average of g^2 (only rmsprop uses it)
 
     @property
     def uses_k(self):
@@ -85,9 +86,12 @@ class Config:
     def header_lines(self):
         """`Name: value` for every field, sorted by name, as the log's header prints them."""
         return [f"{f.name}: {format_value(getattr(self, f.name))}"
-                for f in sorted(fields(self), key=lambda f: f.name)]
+                for f in sorted(fields(self), key=lambda f: f.name)
+                if f.name not in _RULE_FIELDS or _RULE_FIELDS[f.name] == self.OptType]
 
 
+# Fields of one optimizer only, printed in the header only when it is the OptType.
+_RULE_FIELDS = {"RmsDecay": "rmsprop"}
 FIELD_TYPES = {f.name: f.type for f in fields(Config)}
 # The original read its JSON with case-insensitive names and enum values; so do we.
 _BY_LOWER = {name.lower(): name for name in FIELD_TYPES}
@@ -159,8 +163,10 @@ def validate(cfg, source="config"):
     # ClipBound: any finite value; <= 0 disables clipping, as in the original.
     if c.OptType == "sgd":
         _check(c.DecayRate > 0, source, "DecayRate", c.DecayRate, "must be > 0 for sgd")
-    if c.OptType == "adagrad":
-        _check(c.Eps > 0, source, "Eps", c.Eps, "must be > 0 for adagrad")
+    if c.OptType in ("adagrad", "rmsprop"):
+        _check(c.Eps > 0, source, "Eps", c.Eps, f"must be > 0 for {c.OptType}")
+    if c.OptType == "rmsprop":
+        _check(0 <= c.RmsDecay < 1, source, "RmsDecay", c.RmsDecay, "must be in [0, 1)")
     _check(c.HiddenSize >= 1, source, "HiddenSize", c.HiddenSize, "must be >= 1")
     _check(c.IterPerEpoch >= 1, source, "IterPerEpoch", c.IterPerEpoch, "must be >= 1")
     _check(c.L2RegFactor >= 0, source, "L2RegFactor", c.L2RegFactor, "must be >= 0")

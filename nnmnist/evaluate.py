@@ -26,7 +26,7 @@ def build_network(mf, cfg):
     compute = get_compute(cfg.Backend, cfg.Kernels)
     n_in = int(mf.field("network").get("n_in", 0))
     model = MLP(cfg, n_in, compute, np.random.default_rng(0))
-    load_network(model, None, mf)
+    load_network(model, mf)
     return model, compute
 
 

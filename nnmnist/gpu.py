@@ -20,6 +20,7 @@ import numpy as np
 
 from .backend import check_gpu_available
 from .compute import NumpyCompute
+from .optim import RULES, optimizer_class
 
 try:  # the constructor raises the clear error (with the import error kept) when this failed
     import cupy as cp
@@ -160,9 +161,9 @@ TOPK_MAX_THREADS = 1024
 HITS_THREADS = 256
 
 # ---------------------------------------------------------------------------------------------
-# Optimizer updates. Each body is written once, over references w, g (and h or m, v), in the
-# order of the NumPy reference's float32 operations; the *_rn helpers round every operation
-# (no fused multiply-add), so the result matches NumPy's. Constants are float32, as there.
+# Optimizer updates. Each rule's CUDA body sits in its module (`nnmnist.optim.adam`, ...), over
+# references w, g and its state, in the order of its NumPy body's float32 operations; the *_rn
+# helpers round every operation (no fused multiply-add), so the result matches NumPy's.
 ROUNDING_PREAMBLE = r"""
 __device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
 __device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
@@ -176,32 +177,12 @@ __device__ __forceinline__ double div_rn(double a, double b) { return __ddiv_rn(
 __device__ __forceinline__ double sqrt_rn(double a) { return __dsqrt_rn(a); }
 """
 
-# g is clipped to [-clip, clip] when clip > 0 (NaN stays NaN, as with np.clip).
-_CLIP = "if (clip > 0) { if (gg > clip) gg = clip; else if (gg < -clip) gg = -clip; }"
-_L2 = "if (l2 != 0) gg = add_rn(gg, mul_rn((T)l2, w));"
 
-UPDATE_RULES = {
-    # name: (scalar parameters, state arrays after w and g, body)
-    "sgd": ("float32 lr, T clip", (), f"""
-        T gg = g; {_CLIP}
-        w = sub_rn(w, mul_rn((T)lr, gg));
-        g = 0;"""),
-    "adagrad": ("float32 lr, float32 eps, float32 l2, T clip", ("h",), f"""
-        T gg = g; {_L2} {_CLIP}
-        h = add_rn(h, mul_rn(gg, gg));
-        w = sub_rn(w, div_rn(mul_rn(gg, (T)lr), sqrt_rn(add_rn(h, (T)eps))));
-        g = 0;"""),
-    "adam": ("float32 lr, float32 l2, T clip", ("m", "v"), f"""
-        T gg = g; {_L2} {_CLIP}
-        v = add_rn(mul_rn(v, (T)0.999f), mul_rn((T)0.001f, mul_rn(gg, gg)));
-        m = add_rn(mul_rn(m, (T)0.9f), mul_rn((T)0.1f, gg));
-        w = sub_rn(w, div_rn(mul_rn((T)lr, m), add_rn(sqrt_rn(v), (T)1e-8f)));
-        g = 0;"""),
-}
-
-
-def _update_kernels(name, scalars, state, body):
-    """Three launches of one rule: every element, rows flagged in a mask, rows in a list."""
+def _update_kernels(rule):
+    """Three launches of one optimizer rule: every element, rows flagged in a mask, rows in a
+    list. Scalars are float32 except clip, which has the arrays' type."""
+    name, state, body = rule.name, rule.state, rule.cuda
+    scalars = ", ".join(f"T {n}" if n == "clip" else f"float32 {n}" for n in rule.scalars)
     arrays = ("w", "g") + state
     outs = ", ".join(f"T {a}" for a in arrays)
     full = cp.ElementwiseKernel(scalars, outs, body, f"nnmnist_{name}",
@@ -226,7 +207,7 @@ class _Kernels:
         self.topk = {np.dtype(np.float32): module.get_function("nnmnist_topk_f32"),
                      np.dtype(np.float64): module.get_function("nnmnist_topk_f64")}
         self.record_hits = module.get_function("nnmnist_record_hits")
-        self.update = {name: _update_kernels(name, *rule) for name, rule in UPDATE_RULES.items()}
+        self._update = {}  # rule name -> its three kernels, built on first use
         # meProp rows: copy the chosen entries of dy into a zeroed array (idx drives the loop).
         self.keep_chosen = cp.ElementwiseKernel(
             "int32 j, raw T dy, int64 k, int64 width", "raw T kept",
@@ -242,6 +223,13 @@ class _Kernels:
             self.gemm = cublas.gemm
         except Exception:  # pragma: no cover - older CuPy: fall back to matmul and add
             self.gemm = None
+
+
+    def update(self, rule):
+        kernels = self._update.get(rule.name)
+        if kernels is None:
+            kernels = self._update[rule.name] = _update_kernels(rule)
+        return kernels
 
 
 _KERNELS = None
@@ -350,37 +338,26 @@ class CupyCompute(NumpyCompute):
         self.k.record_hits((blocks,), (HITS_THREADS,), (idx, np.int64(idx.size), hits))
 
     # -- optimizer updates ------------------------------------------------------------------
-    def sgd(self, w, g, lr_t, clip):
-        self.k.update["sgd"][0](np.float32(lr_t), w.dtype.type(clip), w, g)
+    def update(self, rule, w, g, states, scalars):
+        self.k.update(rule)[0](*self._scalars(rule, w, scalars), w, g, *states)
 
-    def adagrad(self, w, g, h, lr, eps, l2, clip):
-        self.k.update["adagrad"][0](np.float32(lr), np.float32(eps), np.float32(l2),
-                                    w.dtype.type(clip), w, g, h)
-
-    def adam(self, w, g, m, v, lr_t, l2, clip):
-        self.k.update["adam"][0](np.float32(lr_t), np.float32(l2), w.dtype.type(clip), w, g, m, v)
-
-    def sgd_rows(self, W, G, rows, lr_t, clip):
-        self._update_rows("sgd", rows, (np.float32(lr_t), W.dtype.type(clip)), (W, G))
-
-    def adagrad_rows(self, W, G, H, rows, lr, eps, l2, clip):
-        self._update_rows("adagrad", rows, (np.float32(lr), np.float32(eps), np.float32(l2),
-                                            W.dtype.type(clip)), (W, G, H))
-
-    def adam_rows(self, W, G, M, V, rows, lr_t, l2, clip):
-        self._update_rows("adam", rows, (np.float32(lr_t), np.float32(l2), W.dtype.type(clip)),
-                          (W, G, M, V))
-
-    def _update_rows(self, rule, rows, scalars, arrays):
-        """One rule on the rows given as a boolean mask or as a list of distinct indices."""
-        _, masked, listed = self.k.update[rule]
-        ncols = arrays[0].size // max(arrays[0].shape[0], 1)
+    def update_rows(self, rule, W, G, states, rows, scalars):
+        """The rule on the rows given as a boolean mask or as a list of distinct indices."""
+        _, masked, listed = self.k.update(rule)
+        scalars = self._scalars(rule, W, scalars)
+        arrays = (W, G, *states)
+        ncols = W.size // max(W.shape[0], 1)
         if rows.dtype == np.bool_:
             masked(rows, ncols, *scalars, *arrays)
         elif rows.size:
             rows = cp.ascontiguousarray(rows, dtype=np.int32)
             listed(rows, ncols, *scalars, *(a.reshape(-1) for a in arrays),
                    size=rows.size * ncols)
+
+    @staticmethod
+    def _scalars(rule, w, values):
+        return [w.dtype.type(v) if n == "clip" else np.float32(v)
+                for n, v in zip(rule.scalars, values)]
 
     # -- device ------------------------------------------------------------------------------
     def sync(self):
@@ -400,14 +377,13 @@ class CupyCompute(NumpyCompute):
             self.meprop_backward_rows(x, W, a, idx, cp.zeros_like(W), True)
             self.meprop_backward_cols(x, W, a, cols, cp.zeros_like(W), True)
             mask = self.touched_rows("rows", idx, 40)
-            z = [cp.zeros_like(W) for _ in range(4)]
-            self.sgd(z[0], z[1], 0.1, 1.0)
-            self.adagrad(z[0], z[1], z[2], 0.1, 1e-6, 0.1, 1.0)
-            self.adam(z[0], z[1], z[2], z[3], 0.1, 0.1, 1.0)
-            for rows in (mask, cols):
-                self.sgd_rows(z[0], z[1], rows, 0.1, 1.0)
-                self.adagrad_rows(z[0], z[1], z[2], rows, 0.1, 1e-6, 0.1, 1.0)
-                self.adam_rows(z[0], z[1], z[2], z[3], rows, 0.1, 0.1, 1.0)
+            for name in RULES:  # every registered optimizer rule, dense and both row forms
+                rule = optimizer_class(name).rule
+                scalars = [0.1] * (len(rule.scalars) - 1) + [1.0]
+                z = [cp.zeros_like(W) for _ in range(2 + len(rule.state))]
+                self.update(rule, z[0], z[1], z[2:], scalars)
+                for rows in (mask, cols):
+                    self.update_rows(rule, z[0], z[1], z[2:], rows, scalars)
             self.uniform(rng, (2, 3), dtype)
         self.record_hits(idx, cp.zeros(40, dtype=np.int64))
         self.sync()

@@ -1,6 +1,11 @@
 """The four networks of the original: mlp, mlptop, mlprand and mlpvar (meSimp)."""
+import json
+
+import numpy as np
+
 from . import ops
 from .layers import Dense, MaskedDense, Selector
+from .params import ParamStore, StateDictError, check_state_keys, load_into, to_host
 from .tensor import Tensor
 
 
@@ -26,6 +31,12 @@ class MLP:
                 sel = Selector(mode, cfg.TrainTop, cfg.Unified, compute, rng)
                 unit = MaskedDense if self.net_type == "mlpvar" else Dense
                 self.layers.append(unit(a, b, rng, compute, sel))
+        # The model owns its parameters in one flat store from here on ("0.W", "0.b", ...).
+        self.store = ParamStore(self.named_params(), compute.xp)
+
+    def named_params(self):
+        """(name, Tensor) for every parameter, layer by layer: "0.W", "0.b", "1.W", ..."""
+        return [(f"{i}.{p.name}", p) for i, layer in enumerate(self.layers) for p in layer.params]
 
     @property
     def params(self):
@@ -48,6 +59,46 @@ class MLP:
                 h = ops.dropout(flow, h, self.cfg.Dropout, self.rng, self.compute)
         logits = self.layers[-1](flow, h)
         return ops.softmax_cross_entropy(flow, logits, labels, self.compute.xp)
+
+    # -- state -----------------------------------------------------------------------------
+    def state_dict(self):
+        """Everything the network needs to continue a run exactly, as host arrays: the weights
+        ("0.W", ...), each meSimp layer's active set, hit counts and example count
+        ("0.active", "0.hits", "0.examples") and the network generator's state ("rng", a JSON
+        string). Every value is a plain NumPy array (an .npz stores it without pickling)."""
+        out = self.store.state_dict()
+        for i, layer in self._masked_by_index():
+            out[f"{i}.active"] = to_host(layer.active)
+            out[f"{i}.hits"] = to_host(layer.hits)
+            out[f"{i}.examples"] = np.array(layer.reference, dtype=np.int64)
+        out["rng"] = np.array(json.dumps(self.rng.bit_generator.state))
+        return out
+
+    def load_state_dict(self, state):
+        """Copy a `state_dict` into this network in place; names and shapes must match."""
+        xp = self.compute.xp
+        extra = [f"{i}.{name}" for i, _ in self._masked_by_index()
+                 for name in ("active", "hits", "examples")]
+        check_state_keys("model", state, self.store.names + extra + ["rng"])
+        try:
+            rng_state = json.loads(str(np.asarray(state["rng"])))
+            probe = type(self.rng.bit_generator)()
+            probe.state = rng_state  # validates before the real generator is touched
+        except (ValueError, TypeError, KeyError) as exc:
+            raise StateDictError(f"model state: rng is not a generator state ({exc})") from None
+        pairs = self.store.loading(state)
+        for i, layer in self._masked_by_index():
+            pairs += [(f"{i}.active", layer.active, state[f"{i}.active"]),
+                      (f"{i}.hits", layer.hits, state[f"{i}.hits"]),
+                      (f"{i}.examples", xp.zeros(()), state[f"{i}.examples"])]
+        load_into("model", pairs, xp)  # every shape checked before anything is copied
+        for i, layer in self._masked_by_index():
+            layer.mask[...] = layer.active
+            layer.reference = int(np.asarray(state[f"{i}.examples"]))
+        self.rng.bit_generator.state = rng_state
+
+    def _masked_by_index(self):
+        return [(i, layer) for i, layer in enumerate(self.layers) if isinstance(layer, MaskedDense)]
 
     def prune(self, fraction):
         for layer in self.masked_layers:

@@ -1,8 +1,9 @@
 """What a run's state is, as named arrays and JSON: taking it from a Trainer and putting it back.
 
-Arrays are named `net.{layer}.{W,b,active,hits}` for the network, `opt.{param}.{m,v,h}` for
-the optimizer's moments (parameters in the network's order) and `train.order` for the shuffled
-example order. Gradients are not stored: at a part boundary every gradient is zero.
+Arrays are the network's state dict under `net.` (`net.0.W`, `net.0.active`, `net.0.hits`,
+`net.0.examples`, `net.rng`, ...) plus each compacted layer's `net.{i}.origin`, the
+optimizer's under `opt.` (`opt.t`, `opt.m.0.W`, ...) and `train.order`, the shuffled example
+order. Gradients are not stored: at a part boundary every gradient is zero.
 """
 import numpy as np
 
@@ -18,79 +19,75 @@ def is_masked(layer):
 # ---------------------------------------------------------------- the network
 
 def network_arrays(model):
-    """Host copies of the network's weights, and for meSimp's layers their active sets and hits."""
-    arrays = {}
+    """The network's state dict (weights, meSimp's active sets, hits and example counts, the
+    network generator), as `net.*` host arrays, and each compacted layer's `origin`."""
+    arrays = {f"net.{k}": v for k, v in model.state_dict().items()}
     for i, layer in enumerate(model.layers):
-        arrays[f"net.{i}.W"] = to_host(layer.W.value)
-        arrays[f"net.{i}.b"] = to_host(layer.b.value)
-        if is_masked(layer):
-            arrays[f"net.{i}.active"] = to_host(layer.active)
-            arrays[f"net.{i}.hits"] = to_host(layer.hits)
-            if getattr(layer, "origin", None) is not None:  # compacted: neurons' first places
-                arrays[f"net.{i}.origin"] = to_host(layer.origin)
+        if getattr(layer, "origin", None) is not None:  # compacted: neurons' first places
+            arrays[f"net.{i}.origin"] = to_host(layer.origin)
     return arrays
 
 
 def network_meta(model):
-    """Shapes and counters: input width, physical and built widths, meSimp's example counts."""
+    """Shapes: the input width, each layer's physical width and its width as built."""
     return {
         "n_in": int(model.layers[0].W.shape[1]),
         "widths": [int(layer.n_out) for layer in model.layers],
         "totals": [int(getattr(layer, "n_total", layer.n_out)) for layer in model.layers],
-        "reference": [int(layer.reference) if is_masked(layer) else 0 for layer in model.layers],
     }
 
 
-def load_network(model, opt, mf):
+def load_network(model, mf):
     """Copy a model file's network into `model` (built from the same config), shrinking its
-    meSimp layers first if the file's were compacted. `opt` may be None (no training state)."""
+    meSimp layers first if the file's were compacted."""
     net = mf.field("network")
     xp = model.compute.xp
     n_in = int(model.layers[0].W.shape[1])
-    if net.get("n_in") != n_in or len(net.get("widths", ())) != len(model.layers):
-        raise UserError(f"{mf.path}: field network = {net.get('widths')} (n_in {net.get('n_in')}) "
+    widths, totals = net.get("widths"), net.get("totals")
+    if (net.get("n_in") != n_in or not isinstance(widths, list) or not isinstance(totals, list)
+            or len(widths) != len(model.layers) or len(totals) != len(model.layers)):
+        raise UserError(f"{mf.path}: field network = {widths} (n_in {net.get('n_in')}) "
                         f"does not fit a network with {len(model.layers)} layers and {n_in} inputs")
-    widths = [int(w) for w in net["widths"]]
     masked = [i for i, layer in enumerate(model.layers) if is_masked(layer)]
-    if any(widths[i] != model.layers[i].n_out for i in masked):
-        compact_mod.resize(model, opt, [widths[i] for i in masked])
-    for i, layer in enumerate(model.layers):
-        for name, p in (("W", layer.W), ("b", layer.b)):
-            a = mf.array(f"net.{i}.{name}", p.shape, np.float32)
-            p.value[...] = xp.asarray(a.astype(p.value.dtype, copy=False))
-        if is_masked(layer):
-            active = mf.array(f"net.{i}.active", (layer.n_out,), bool)
-            hits = mf.array(f"net.{i}.hits", (layer.n_out,), np.int64)
-            layer.active[...] = xp.asarray(active)
-            layer.mask[...] = layer.active
-            layer.hits[...] = xp.asarray(hits)
-            layer.reference = int(net["reference"][i])
-            layer.n_total = int(net["totals"][i])
-            if f"net.{i}.origin" in mf.arrays:
-                origin = mf.array(f"net.{i}.origin", (layer.n_out,), np.int64)
-                if layer.n_out and (origin.min() < 0 or origin.max() >= layer.n_total
-                                    or (np.diff(origin) <= 0).any()):
-                    raise UserError(f"{mf.path}: field net.{i}.origin is not an increasing "
-                                    f"list of neurons below {layer.n_total} (a damaged file)")
-                layer.origin = xp.asarray(origin)
+    if any(int(widths[i]) != model.layers[i].n_out for i in masked):
+        if any(not 0 < int(widths[i]) <= model.layers[i].n_out for i in masked):
+            raise UserError(f"{mf.path}: field network.widths = {widths} does not fit the "
+                            f"config's HiddenSize {model.cfg.HiddenSize}")
+        compact_mod.resize(model, [int(widths[i]) for i in masked])
+    state = {k[len("net."):]: v for k, v in mf.arrays.items()
+             if k.startswith("net.") and not k.endswith(".origin")}
+    try:
+        model.load_state_dict(state)
+    except UserError as exc:  # the state dict's own message, with the file's name
+        raise UserError(f"{mf.path}: {exc}") from None
+    for i in masked:
+        layer = model.layers[i]
+        layer.n_total = int(totals[i])
+        if f"net.{i}.origin" in mf.arrays:
+            origin = mf.array(f"net.{i}.origin", (layer.n_out,), np.int64)
+            if layer.n_out and (origin.min() < 0 or origin.max() >= layer.n_total
+                                or (np.diff(origin) <= 0).any()):
+                raise UserError(f"{mf.path}: field net.{i}.origin is not an increasing "
+                                f"list of neurons below {layer.n_total} (a damaged file)")
+            layer.origin = xp.asarray(origin)
 
 
 # ---------------------------------------------------------------- the optimizer
 
 def optimizer_arrays(opt):
-    return {f"opt.{j}.{name}": to_host(s)
-            for j, p in enumerate(opt.params) for name, s in p.state.items()}
+    """The optimizer's state dict (step counter, moments) as `opt.*` host arrays."""
+    return {f"opt.{k}": v for k, v in opt.state_dict().items()}
 
 
 def load_optimizer(opt, mf):
-    xp = opt.compute.xp
-    for j, p in enumerate(opt.params):
-        for name in opt.state_names:
-            a = mf.array(f"opt.{j}.{name}", p.shape, np.float32)
-            p.state[name][...] = xp.asarray(a)
-        p.grad[...] = 0
+    state = {k[len("opt."):]: v for k, v in mf.arrays.items() if k.startswith("opt.")}
+    try:
+        opt.load_state_dict(state)
+    except UserError as exc:
+        raise UserError(f"{mf.path}: {exc}") from None
+    opt.store.grad.fill(0)  # at a part boundary every gradient is zero
+    for p in opt.params:
         p.touched = None
-    opt.t = int(mf.field("optimizer")["t"])
 
 
 # ---------------------------------------------------------------- the run
@@ -108,13 +105,11 @@ def capture(trainer, position):
     res = trainer.result
     meta = {
         "network": network_meta(trainer.model),
-        "optimizer": {"t": int(trainer.opt.t)},
         "train": {
             "epoch": position.epoch, "part": position.part, "seed": int(trainer.seed),
             "best_dev": res.best_dev, "test_at_best": res.test_at_best,
             "epoch_time": position.epoch_time, "total_time": position.total_time,
             "data_rng": trainer.data_rng.bit_generator.state,
-            "net_rng": trainer.net_rng.bit_generator.state,
             "config_dir": getattr(trainer, "config_dir", None),
         },
     }
@@ -129,14 +124,13 @@ def restore(trainer, mf):
     order = mf.array("train.order", trainer.order.shape, np.int64)
     if not np.array_equal(np.sort(order), np.arange(len(order))):
         raise UserError(f"{mf.path}: field train.order is not a permutation (a damaged file)")
-    load_network(trainer.model, trainer.opt, mf)
+    load_network(trainer.model, mf)
     load_optimizer(trainer.opt, mf)
     trainer.order[...] = order
     try:
         trainer.data_rng.bit_generator.state = train["data_rng"]
-        trainer.net_rng.bit_generator.state = train["net_rng"]
     except (TypeError, ValueError, KeyError) as exc:
-        raise UserError(f"{mf.path}: field train.data_rng / train.net_rng: {exc}") from None
+        raise UserError(f"{mf.path}: field train.data_rng: {exc}") from None
     trainer.seed = int(train["seed"])
     trainer.result.best_dev = float(train["best_dev"])
     trainer.result.test_at_best = float(train["test_at_best"])

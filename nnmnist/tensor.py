@@ -9,7 +9,8 @@ class Tensor:
         self.name = name
         self.requires_grad = requires_grad
         self._grad = None
-        self.state = {}          # optimizer state (m, v, h, ...), keyed by name
+        self.state = {}          # views of the optimizer's state (m, v, h, ...), keyed by name
+        self.store = None        # the ParamStore whose buffers `value` and the gradient view
         self.touched = None      # (kind, chosen) of meProp's last selection; None = dense
 
     @property

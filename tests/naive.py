@@ -99,3 +99,11 @@ def adam_step(w, g, m, v, lr_t, l2, clip):
     m = 0.9 * m + 0.1 * g
     w = w - np.float32(lr_t) * m / (np.sqrt(v) + 1e-8)
     return w, np.zeros_like(g), m, v
+
+
+def rmsprop_step(w, g, r, lr, rho, eps, l2, clip):
+    g = g + np.float32(l2) * w
+    g = _clip(g, clip)
+    r = np.float32(rho) * r + (np.float32(1) - np.float32(rho)) * (g * g)
+    w = w - g * np.float32(lr) / np.sqrt(r + np.float32(eps))
+    return w, np.zeros_like(g), r

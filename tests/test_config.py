@@ -80,7 +80,7 @@ def test_header_lines_sorted_with_csharp_numbers():
     ({"L2RegFactor": -1}, "L2RegFactor"),
     ({"Prune": 1.5}, "Prune"),
     ({"NetType": "cnn"}, "NetType = \"cnn\": must be one of mlp, mlprand, mlptop, mlpvar"),
-    ({"OptType": "rmsprop"}, "OptType"),
+    ({"OptType": "adadelta"}, "OptType"),
     ({"NetType": "mlptop", "TrainTop": 501}, "TrainTop = 501: k must be between 1 and HiddenSize (500)"),
     ({"NetType": "mlpvar", "TrainTop": 0}, "TrainTop = 0"),
     ({"NetType": "mlprand", "Layers": 1}, "needs at least one hidden layer"),

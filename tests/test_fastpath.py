@@ -45,7 +45,7 @@ def strip_times(lines):
 
 
 @pytest.mark.parametrize("net_type,unified", NETS)
-@pytest.mark.parametrize("opt", ["adam", "sgd", "adagrad"])
+@pytest.mark.parametrize("opt", ["adam", "sgd", "adagrad", "rmsprop"])
 def test_one_epoch_logs_equal(tiny_splits, net_type, unified, opt):
     """Same seed, same numbers in the log, for a short epoch (few enough steps that float32
     summation order cannot flip a top-k choice and send the runs apart)."""

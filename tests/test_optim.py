@@ -4,9 +4,10 @@ import math
 import numpy as np
 import pytest
 
-from nnmnist.compute import NumpyCompute
+from nnmnist.compute import NumbaCompute, NumpyCompute
 from nnmnist.config import Config
-from nnmnist.optim import SGD, AdaGrad, Adam, make_optimizer
+from nnmnist.errors import UserError
+from nnmnist.optim import RULES, SGD, AdaGrad, Adam, RMSProp, make_optimizer, optimizer_class
 from nnmnist.tensor import Tensor
 
 C = NumpyCompute()
@@ -182,3 +183,84 @@ def test_a_tiny_model_learns():
         p.grad[...] = 2 * x.T @ r / len(x)
         opt.step()
     assert loss < first * 1e-3
+
+
+# -- RMSProp, the rule registry and the rule forms ------------------------------------------
+
+@pytest.mark.parametrize("l2,bound,rho", [(0.0, 0.0, 0.9), (0.01, 5.0, 0.9), (0.1, 1.0, 0.5)])
+def test_rmsprop(l2, bound, rho):
+    p = make_param(9)
+    w = p.value.astype(np.float64)
+    r = np.zeros_like(w)
+    lr, eps = 0.01, 1e-6
+    gs = grads(9, p.shape, 6)
+    opt = RMSProp([p], C, lr, rho=rho, eps=eps, l2=l2, clip=bound)
+    run_steps(opt, p, gs)
+    for g in gs:  # the equations, in float64
+        g = clip(g + l2 * w, bound)
+        r = rho * r + (1 - rho) * g * g
+        w = w - lr * g / np.sqrt(r + eps)
+    np.testing.assert_allclose(p.value, w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(p.state["r"], r, rtol=1e-5, atol=1e-9)
+
+
+def test_rmsprop_forgets_old_gradients_unlike_adagrad():
+    """The check above can fail: with rho < 1, r follows recent g^2 (AdaGrad's h only grows)."""
+    p, q = make_param(10), make_param(10)
+    gs = [np.full(p.shape, 4.0, np.float32)] * 5 + [np.full(p.shape, 0.1, np.float32)] * 20
+    run_steps(RMSProp([p], C, 0.01, rho=0.5), p, gs)
+    run_steps(AdaGrad([q], C, 0.01, 1e-6), q, gs)
+    # r after 5 steps is 16 (1 - 0.5^5); 20 steps of 0.01 then leave 0.01 + (r5 - 0.01) 0.5^20
+    r5 = 16 * (1 - 0.5 ** 5)
+    np.testing.assert_allclose(p.state["r"], 0.01 + (r5 - 0.01) * 0.5 ** 20, rtol=1e-5)
+    assert np.all(q.state["h"] > 80)
+
+
+@pytest.mark.parametrize("opt_type", ["sgd", "adagrad", "adam", "rmsprop"])
+@pytest.mark.parametrize("lazy", [False, True])
+def test_numba_rule_equals_numpy_rule(opt_type, lazy):
+    """Each rule's Numba loops (dense and rows) against its NumPy body, a few steps."""
+    cfg = Config(OptType=opt_type, LazyUpdate=lazy, L2RegFactor=0.01, LearningRate=0.01)
+    finals = []
+    for compute in (NumpyCompute(), NumbaCompute()):
+        p = make_param(11, (6, 5))
+        opt = make_optimizer(cfg, [p], compute, 100)
+        for g in grads(11, p.shape, 4):
+            p.grad[...] = g
+            p.touched = ("cols", np.array([0, 2, 5], np.int32))
+            opt.step()
+        finals.append((p.value.copy(), {k: v.copy() for k, v in p.state.items()}))
+    np.testing.assert_allclose(finals[0][0], finals[1][0], rtol=1e-6, atol=1e-7)
+    for name in finals[0][1]:
+        np.testing.assert_allclose(finals[0][1][name], finals[1][1][name], rtol=1e-6, atol=1e-9)
+
+
+def test_registry_picks_by_name_and_refuses_unknown_names():
+    from nnmnist.config import OPT_TYPES
+    assert tuple(RULES) == OPT_TYPES
+    for name in RULES:
+        cls = optimizer_class(name)
+        assert cls.rule.name == name
+        opt = make_optimizer(Config(OptType=name), [make_param(12)], C, 10)
+        assert type(opt) is cls
+    with pytest.raises(UserError, match="OptType = 'adamw': unknown optimizer; known: sgd"):
+        make_optimizer(Config(OptType="adamw"), [make_param(12)], C, 10)
+
+
+def test_rmsprop_from_config_and_command_line(tmp_path):
+    from nnmnist import config as cfgmod
+    from nnmnist.cli import parse_override
+    path = tmp_path / "c.json"
+    path.write_text('{"OptType": "RMSProp", "RmsDecay": 0.8, "Eps": 1e-5}')
+    cfg = cfgmod.load(path)
+    opt = make_optimizer(cfg, [make_param(13)], C, 10)
+    assert type(opt) is RMSProp and (opt.rho, opt.eps) == (0.8, 1e-5)
+    cfg = cfgmod.load(path, dict([parse_override("RmsDecay=0.95")]))
+    assert cfg.RmsDecay == 0.95 and "RmsDecay: 0.95" in cfg.header_lines()
+    # RmsDecay is rmsprop's alone: other optimizers' headers stay as they were
+    assert not any(line.startswith("RmsDecay") for line in Config().header_lines())
+    for bad, field in (('{"OptType": "rmsprop", "RmsDecay": 1}', "RmsDecay"),
+                       ('{"OptType": "rmsprop", "Eps": 0}', "Eps")):
+        path.write_text(bad)
+        with pytest.raises(UserError, match=field):
+            cfgmod.load(path)

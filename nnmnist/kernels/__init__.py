@@ -8,7 +8,7 @@ import numpy as np
 from ._jit import forced_mode, get_mode, set_mode
 from .fused import layer_backward, unified_backward
 from .optim import (adagrad_update, adagrad_update_rows, adam_update, adam_update_rows,
-                    sgd_update, sgd_update_rows)
+                    rule_update, rule_update_rows, sgd_update, sgd_update_rows)
 from .sparse import BackwardWorkspace, record_hits, rows_touched, sparse_backward
 from .threads import set_num_threads
 from .topk import topk_cols_unified, topk_rows
@@ -17,13 +17,15 @@ __all__ = [
     "topk_rows", "topk_cols_unified", "sparse_backward", "layer_backward", "unified_backward",
     "BackwardWorkspace",
     "rows_touched", "record_hits", "sgd_update", "adagrad_update", "adam_update",
-    "sgd_update_rows", "adagrad_update_rows", "adam_update_rows", "set_num_threads",
+    "sgd_update_rows", "adagrad_update_rows", "adam_update_rows", "rule_update",
+    "rule_update_rows", "set_num_threads",
     "warmup", "get_mode", "set_mode", "forced_mode",
 ]
 
 
 def warmup():
     """Compile (or load from cache) every kernel, serial and parallel, on tiny inputs."""
+    from ..optim import RULES, optimizer_class  # the rules import this package
     rng = np.random.default_rng(0)
     a = rng.standard_normal((3, 5)).astype(np.float32)
     x = rng.standard_normal((3, 4)).astype(np.float32)
@@ -44,10 +46,9 @@ def warmup():
                              need_dx=False, cols=idx[0])
             rows_touched(idx, 5)
             record_hits(idx, np.zeros(5, np.int64))
-            z = [np.zeros_like(W) for _ in range(3)]
-            sgd_update(W.copy(), z[0], 0.1, 1.0)
-            adagrad_update(W.copy(), z[0], z[1], 0.1, 1e-6, 0.0, 1.0)
-            adam_update(W.copy(), z[0], z[1], z[2], 0.1, 0.0, 1.0)
-            sgd_update_rows(W.copy(), z[0], rows, 0.1, 1.0)
-            adagrad_update_rows(W.copy(), z[0], z[1], rows, 0.1, 1e-6, 0.0, 1.0)
-            adam_update_rows(W.copy(), z[0], z[1], z[2], rows, 0.1, 0.0, 1.0)
+            for name in RULES:  # every registered optimizer rule, dense and rows
+                rule = optimizer_class(name).rule
+                scalars = [0.1] * (len(rule.scalars) - 1) + [1.0]
+                state = [np.zeros_like(W) for _ in rule.state]
+                rule_update(name, W.copy(), np.zeros_like(W), state, scalars)
+                rule_update_rows(name, W.copy(), np.zeros_like(W), state, rows, scalars)

@@ -4,7 +4,7 @@ writeable outputs. `NumbaCompute` is that caller; at minibatch 10 the checks cos
 the kernels. Everything else should use the checked functions of `nnmnist.kernels`."""
 import numpy as np
 
-from . import optim, sparse, topk
+from . import sparse, topk
 from .fused import layer_backward_raw as layer_backward  # noqa: F401
 from .fused import unified_backward_raw as unified_backward  # noqa: F401
 from ._jit import num_threads
@@ -28,16 +28,3 @@ def sparse_backward(x, W, dy, idx, dW, need_dx, workspace):
     sparse._by_neuron(idx, workspace.ptr, workspace.rows)
     sparse._sparse_dw.pick(work)(x, dy, workspace.ptr, workspace.rows, dW)
     return dx
-
-
-def sgd_update(w, g, lr_t, clip):
-    optim._sgd.pick(w.size)(w, g, np.float32(lr_t), np.float32(clip))
-
-
-def adagrad_update(w, g, h, lr, eps, l2, clip):
-    optim._adagrad.pick(w.size)(w, g, h, np.float32(lr), np.float32(eps), np.float32(l2),
-                                np.float32(clip))
-
-
-def adam_update(w, g, m, v, lr_t, l2, clip):
-    optim._adam.pick(w.size)(w, g, m, v, np.float32(lr_t), np.float32(l2), np.float32(clip))

@@ -1,0 +1,92 @@
+"""Adam, as the original applies it (fixed betas 0.9 and 0.999, epsilon 1e-8):
+
+    g += l2 w;  g = clip(g)                       (clip > 0 only)
+    v = 0.999 v + 0.001 g^2
+    m = 0.9 m + 0.1 g
+    w -= lr_t m / (sqrt(v) + 1e-8),   lr_t = lr sqrt(1 - 0.999^t) / (1 - 0.9^t)
+
+The step counter t survives "Prepare" (which zeroes m and v), as in the original.
+"""
+import math
+
+import numpy as np
+from numba import prange
+
+from ..kernels._jit import kernel, variants
+from ..kernels.optim import F0, clip_elem
+from .base import CUDA_CLIP, CUDA_L2, Optimizer, Rule, numpy_clip
+
+_B1, _B1C = np.float32(0.9), np.float32(0.1)
+_B2, _B2C = np.float32(0.999), np.float32(0.001)
+_EPS = np.float32(1e-8)
+
+
+def _numpy(w, g, m, v, lr_t, l2, clip):
+    if l2:
+        g += np.float32(l2) * w
+    numpy_clip(g, clip)
+    v *= _B2
+    v += _B2C * (g * g)
+    m *= _B1
+    m += _B1C * g
+    w -= np.float32(lr_t) * m / (np.sqrt(v) + _EPS)
+
+
+@kernel
+def _elem(w, g, m, v, lr_t, l2, clip):
+    # float32 throughout, in the NumPy body's order: v = (0.999 v) + ((0.001 g) g), ...
+    g = clip_elem(g + l2 * w, clip)
+    v = _B2 * v + _B2C * g * g
+    m = _B1 * m + _B1C * g
+    return w - lr_t * m / (np.sqrt(v) + _EPS), m, v
+
+
+@variants
+def _dense(w, g, m, v, lr_t, l2, clip):
+    for i in prange(w.shape[0]):
+        w[i], m[i], v[i] = _elem(w[i], g[i], m[i], v[i], lr_t, l2, clip)
+        g[i] = F0
+
+
+@variants
+def _rows(W, G, M, V, rows, lr_t, l2, clip):
+    for p in prange(rows.shape[0]):
+        w = W[rows[p]]
+        g = G[rows[p]]
+        m = M[rows[p]]
+        v = V[rows[p]]
+        for i in range(w.shape[0]):
+            w[i], m[i], v[i] = _elem(w[i], g[i], m[i], v[i], lr_t, l2, clip)
+            g[i] = F0
+
+
+_CUDA = f"""
+    T gg = g; {CUDA_L2} {CUDA_CLIP}
+    v = add_rn(mul_rn(v, (T)0.999f), mul_rn((T)0.001f, mul_rn(gg, gg)));
+    m = add_rn(mul_rn(m, (T)0.9f), mul_rn((T)0.1f, gg));
+    w = sub_rn(w, div_rn(mul_rn((T)lr_t, m), add_rn(sqrt_rn(v), (T)1e-8f)));
+    g = 0;"""
+
+RULE = Rule("adam", ("m", "v"), ("lr_t", "l2", "clip"), _numpy, _dense, _rows, _CUDA)
+
+
+class Adam(Optimizer):
+    """g += l2 w; clip; v = .999 v + .001 g^2; m = .9 m + .1 g; w -= lr_t m / (sqrt(v) + 1e-8),
+    with lr_t = lr sqrt(1 - .999^t) / (1 - .9^t). t survives Prepare, as in the original."""
+
+    rule = RULE
+
+    def __init__(self, params, compute, lr, l2=0.0, clip=0.0, lazy=False):
+        self.l2 = l2
+        super().__init__(params, compute, lr, clip, lazy)
+
+    @classmethod
+    def from_config(cls, cfg, params, compute, n_train):
+        return cls(params, compute, cfg.LearningRate, cfg.L2RegFactor,
+                   clip=cfg.ClipBound, lazy=cfg.LazyUpdate)
+
+    def _begin_step(self):
+        self.lr_t = self.lr * math.sqrt(1 - 0.999 ** self.t) / (1 - 0.9 ** self.t)
+
+    def scalars(self):
+        return self.lr_t, self.l2, self.clip
