@@ -72,7 +72,7 @@ def expand(layer_c, layer_m, a_c):
 
 
 @pytest.mark.parametrize("compute", COMPUTES, ids=lambda c: c.name)
-@pytest.mark.parametrize("opt", ["sgd", "adagrad", "adam"])
+@pytest.mark.parametrize("opt", ["sgd", "adagrad", "adam", "rmsprop"])
 def test_compacted_arrays_are_the_active_ones_with_their_state(compute, opt):
     model, optim = build(compute, opt=opt)
     rng = np.random.default_rng(3)
