@@ -20,6 +20,8 @@ backward (`fill_excess`): its hit counts are exactly those of the full-width top
 pruning follows the original. What remains is rounding: BLAS sums a shorter inner dimension in
 another order, so weights can differ in the last bits, and over many steps that can tip a
 ReLU or a near-tie in top-k one way or the other.
+With Dropout (an extension), the compacted network draws masks for its remaining neurons
+only, so its random stream differs from the masked network's after the first compaction.
 """
 import numpy as np
 
