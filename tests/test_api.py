@@ -15,6 +15,15 @@ from nnmnist.train import train_and_evaluate
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def default_threads():
+    """`train` applies the config's Threads to this process, as run.py does; put the
+    libraries' defaults back so that the other tests see them."""
+    yield
+    from nnmnist.kernels import set_num_threads
+    set_num_threads(0)
+
+
 def test_every_exported_name_resolves():
     for name in nnmnist.__all__:
         assert getattr(nnmnist, name) is not None, name
