@@ -10,9 +10,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .errors import UserError
+from .optim import RULES as OPT_RULES
 
 NET_TYPES = ("mlp", "mlprand", "mlptop", "mlpvar")
-OPT_TYPES = ("sgd", "adagrad", "adam", "rmsprop")
+OPT_TYPES = tuple(OPT_RULES)  # the optimizer registry's names
 BACKENDS = ("cpu", "gpu", "auto")
 KERNELS = ("numba", "numpy")
 K_NETS = ("mlprand", "mlptop", "mlpvar")
