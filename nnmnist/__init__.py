@@ -10,8 +10,33 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
+# The public API, imported on first use (so that `import nnmnist` and `run.py --help` stay fast):
+#   from nnmnist import Config, Network, Dense, TopK, Adam, train
+_API = {
+    "Config": "config", "load_config": ("config", "load"),
+    "train": "api", "meprop_backward": "api",
+    "load_mnist": "data", "RunLog": "runlog",
+    "Network": "networks", "MLP": "networks",
+    "Dense": "layers", "MaskedDense": "layers",
+    "SelectionRule": "select", "Selection": "select", "TopK": "select", "RandomK": "select",
+    "UnifiedTopK": "select", "UnifiedRandomK": "select",
+    "Optimizer": "optim", "SGD": "optim", "AdaGrad": "optim", "Adam": "optim",
+    "RMSProp": "optim", "make_optimizer": "optim",
+    "Tensor": "tensor", "Flow": "tensor", "ParamStore": "params",
+    "get_compute": "backend", "UserError": "errors",
+    "load_model": "model",
+}
+__all__ = sorted(_API)
 
-def load_model(path):
-    """A trained network from a model file, with `predict` and `predict_proba` (see nnmnist.model)."""
-    from .model import load_model as load
-    return load(path)
+
+def __getattr__(name):
+    entry = _API.get(name)
+    if entry is None:
+        raise AttributeError(f"module 'nnmnist' has no attribute {name!r}")
+    module, attr = entry if isinstance(entry, tuple) else (entry, name)
+    import importlib
+    return getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -1,20 +1,32 @@
-"""The array module (numpy or cupy) is chosen here and nowhere else."""
+"""The one place that picks the backend, and the only import of CuPy in the package.
+
+`resolve_backend` turns a `Backend` field ("cpu", "gpu" or "auto") into "cpu" or "gpu";
+`get_compute` builds the compute object for it (`nnmnist.compute` for the CPU, with the Numba
+kernels or the plain NumPy ones; `nnmnist.gpu` for CuPy). Everything else asks these two.
+"""
+import functools
+
 import numpy as np
 
 try:  # CuPy is optional; keep the import error so a GPU request can explain itself.
-    import cupy as _cupy
+    import cupy
     _cupy_error = None
 except Exception as exc:  # pragma: no cover - depends on the machine
-    _cupy = None
+    cupy = None
     _cupy_error = exc
+try:  # cuBLAS's in-place GEMM (older CuPy lacks it: the GPU backend then uses matmul and add)
+    from cupy import cublas
+except Exception:  # pragma: no cover - depends on the machine
+    cublas = None
 
 
+@functools.lru_cache(maxsize=None)
 def gpu_available():
-    """True when CuPy imports and sees at least one CUDA device."""
-    if _cupy is None:
+    """True when CuPy imports and sees at least one CUDA device (probed once per process)."""
+    if cupy is None:
         return False
     try:
-        return _cupy.cuda.runtime.getDeviceCount() > 0
+        return cupy.cuda.runtime.getDeviceCount() > 0
     except Exception:  # pragma: no cover - depends on the machine
         return False
 
@@ -22,7 +34,7 @@ def gpu_available():
 def check_gpu_available():
     """Raise a clear error with install advice when a GPU run cannot happen."""
     from .errors import UserError
-    if _cupy is None:
+    if cupy is None:
         raise UserError(
             f"Backend 'gpu' needs CuPy, which failed to import ({_cupy_error!r}); "
             "install it with `pip install .[gpu]` (cupy-cuda12x) on a machine with an NVIDIA GPU")
@@ -30,20 +42,29 @@ def check_gpu_available():
         raise UserError("Backend 'gpu': CuPy is installed but no CUDA device is visible")
 
 
-def get_xp(backend):
-    """Array module for a backend name: 'cpu' -> numpy, 'gpu' -> cupy ('auto' picks)."""
+def resolve_backend(backend):
+    """'cpu' or 'gpu' for a Backend field; 'gpu' must be usable, 'auto' takes it if it is."""
     if backend == "cpu":
-        return np
+        return "cpu"
     if backend == "gpu":
         check_gpu_available()
-        return _cupy
+        return "gpu"
     if backend == "auto":
-        return _cupy if gpu_available() else np
-    raise ValueError(f"unknown backend {backend!r}")
+        return "gpu" if gpu_available() else "cpu"
+    raise ValueError(f"unknown backend {backend!r}; expected cpu, gpu or auto")
+
+
+def get_compute(backend="cpu", kernels="numba"):
+    """The compute object for a backend ('cpu', 'gpu' or 'auto') and CPU kernel choice."""
+    if resolve_backend(backend) == "gpu":
+        from .gpu import CupyCompute
+        return CupyCompute()
+    from .compute import NumbaCompute, NumpyCompute
+    return NumbaCompute() if kernels == "numba" else NumpyCompute()
 
 
 def to_numpy(a):
     """A NumPy copy (or view) of a numpy or cupy array."""
-    if _cupy is not None and isinstance(a, _cupy.ndarray):
-        return _cupy.asnumpy(a)
+    if cupy is not None and isinstance(a, cupy.ndarray):
+        return cupy.asnumpy(a)
     return np.asarray(a)

@@ -83,14 +83,14 @@ def run(args, log_dir_default):
     args.config = args.config or str(PROJECT_DIR / "configs" / "default.json")
     cfg = config_mod.load(args.config, overrides)
     # Imported here so that `--help` and config errors stay fast.
-    from .backend import get_xp
+    from .backend import resolve_backend
     from .data import load_mnist
     from .runlog import open_run_log
     from .train import Trainer
-    get_xp(cfg.Backend)
-    for note in cfg.ignored_settings():
+    backend = resolve_backend(cfg.Backend)  # "auto" becomes "cpu" or "gpu" here, once
+    for note in cfg.ignored_settings(backend):
         print(f"warning: {args.config}: {note}", file=sys.stderr)
-    if cfg.Backend != "gpu":
+    if backend != "gpu":
         from .kernels import set_num_threads
         cfg.Threads = capped_threads(cfg.Threads, args.config)
         set_num_threads(cfg.Threads)  # 0 restores the libraries' defaults

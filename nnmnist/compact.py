@@ -125,13 +125,13 @@ class CompactedDense(MaskedDense):
     module's doc), so that pruning decides as it would on the masked layer."""
 
     def activate(self, flow, x):
-        if self.selector.k >= self.n_out:
+        if self.rule.k >= self.n_out:
             y = self._dense_activate(flow, x)
         else:
             y = super().activate(flow, x)
 
         def correct_hits():  # runs before the unit's own backward, once y's gradient is whole
-            args = (y.value, y.grad, self.origin, self.k_full, self.selector.k,
+            args = (y.value, y.grad, self.origin, self.k_full, self.rule.k,
                     self.unified_full, self.hits)
             if self.compute.name == "numba" and y.value.dtype == y.grad.dtype == np.float32:
                 take_back_fills_numba(*args)
@@ -148,7 +148,7 @@ class CompactedDense(MaskedDense):
         batch = x.shape[0]
 
         def count():
-            self.reference += batch
+            self.examples += batch
             self.hits += batch
         flow.record(count)
         return y
@@ -161,8 +161,7 @@ def set_width(layer, n, k, unified):
     xp = layer.compute.xp
     layer.active = xp.ones(n, dtype=bool)
     layer.mask = xp.ones(n, dtype=np.float32)
-    layer.selector.k = min(k, n)
-    layer.selector.unified = unified
+    layer.rule.k = min(k, n)  # each layer has its own rule object
     layer.k_full, layer.unified_full = k, unified  # what the full-width layer would select
 
 
@@ -201,8 +200,6 @@ def compact(model, opt=None):
         else:
             index[name] = (slice(None), cols[name])
     model.store.take(index)
-    for p in model.params:
-        p.touched = None
     return True
 
 

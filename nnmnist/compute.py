@@ -2,11 +2,16 @@
 
 `NumpyCompute` is the plain reference: readable NumPy that any faster path must agree with.
 `NumbaCompute` replaces its hot loops with the kernels of `nnmnist.kernels`; the GPU backend
-(`nnmnist.gpu`) replaces them with CuPy code. Layers and optimizers only ever call these methods.
+(`nnmnist.gpu`) replaces them with CuPy code. Layers and optimizers only ever call these methods;
+`nnmnist.backend.get_compute` picks one.
 """
 import numpy as np
 
 from .optim.base import numpy_rows
+from .select import RandomK, Selection, TopK, UnifiedRandomK, UnifiedTopK
+
+# The rules the fused Numba kernels implement (exactly these classes, not subclasses).
+FUSED_RULES = (TopK, RandomK, UnifiedTopK, UnifiedRandomK)
 
 
 class NumpyCompute:
@@ -62,38 +67,32 @@ class NumpyCompute:
         dW[cols] += dyc.T @ x
         return dyc @ W[cols] if need_dx else None
 
-    def meprop_relu_backward(self, x, W, out, g, db, dW, selector, hits, need_dx):
+    def meprop_backward(self, x, W, dy, selection, dW, need_dx):
+        """dW += (kept dy).T @ x; return (kept dy) @ W, keeping the entries `selection` chose."""
+        if selection.unified:
+            return self.meprop_backward_cols(x, W, dy, selection.chosen, dW, need_dx)
+        return self.meprop_backward_rows(x, W, dy, selection.chosen, dW, need_dx)
+
+    def meprop_relu_backward(self, x, W, out, g, db, dW, rule, rng, hits, need_dx):
         """Backward of out = relu(mask * (x @ W.T + b)) through meProp, given g = d out.
 
-        db and dW are added into; `hits` (meSimp's record, or None) counts the choices.
-        Returns (dx or None, (kind, chosen)) with the selection as `selector` made it.
+        `rule` (a SelectionRule, drawing from `rng` if it is random) picks the entries of dy
+        that flow back. db and dW are added into; `hits` (meSimp's hit counts, or None) counts
+        the choices. Returns (dx or None, the Selection).
         """
         dy = g * (out > 0)  # masked neurons output 0, so this also applies the mask
         db += dy.sum(axis=0)
-        kind, chosen = selector(dy)
+        selection = rule(dy, self, rng)
         if hits is not None:
-            self.record_choice(kind, chosen, dy.shape[0], hits)
-        if kind == "rows":
-            dx = self.meprop_backward_rows(x, W, dy, chosen, dW, need_dx)
-        else:
-            dx = self.meprop_backward_cols(x, W, dy, chosen, dW, need_dx)
-        return dx, (kind, chosen)
+            selection.count_hits(self, hits)
+        return self.meprop_backward(x, W, dy, selection, dW, need_dx), selection
 
-    def record_choice(self, kind, chosen, batch, hits):
-        """meSimp's record of one selection: a hit per chosen (example, neuron)."""
-        if kind == "rows":
-            self.record_hits(chosen, hits)
-        else:
-            hits[chosen] += batch
-
-    def touched_rows(self, kind, chosen, n_out):
-        """Weight rows that received gradient: the union of the chosen neurons."""
-        if kind == "cols":
-            return chosen
-        return np.unique(chosen).astype(np.int32)
+    def rows_touched(self, idx, n_out):
+        """Weight rows that received gradient from per-example choices: their union, sorted."""
+        return np.unique(idx).astype(np.int32)
 
     def record_hits(self, idx, hits):
-        """meSimp record: every chosen (example, neuron) adds one hit to that neuron."""
+        """meSimp's hit count: every chosen (example, neuron) adds one hit to that neuron."""
         hits += np.bincount(idx.ravel(), minlength=hits.shape[0])
 
     # -- optimizer updates (in place; each zeroes g afterwards) -------------------------------
@@ -129,13 +128,13 @@ class NumbaCompute(NumpyCompute):
     def __init__(self):
         from . import kernels
         from .kernels import unchecked
-        self.k, self.fast = kernels, unchecked
+        self.kernels, self.fast = kernels, unchecked
         self._workspaces = {}  # (k, n_out) -> reusable scratch of the sparse backward
 
     def _workspace(self, batch, k, n_out):
         ws = self._workspaces.get((k, n_out))
         if ws is None or not ws.fits(batch, k, n_out):
-            ws = self._workspaces[(k, n_out)] = self.k.BackwardWorkspace(batch, k, n_out)
+            ws = self._workspaces[(k, n_out)] = self.kernels.BackwardWorkspace(batch, k, n_out)
         return ws
 
     def select_topk_rows(self, dy, k):
@@ -146,7 +145,7 @@ class NumbaCompute(NumpyCompute):
     def select_topk_unified(self, dy, k):
         if dy.dtype != np.float32:
             return super().select_topk_unified(dy, k)
-        return self.k.topk_cols_unified(dy, k)
+        return self.kernels.topk_cols_unified(dy, k)
 
     def meprop_backward_rows(self, x, W, dy, idx, dW, need_dx):
         if not _all_float32(x, W, dy, dW):
@@ -154,35 +153,33 @@ class NumbaCompute(NumpyCompute):
         ws = self._workspace(*idx.shape, W.shape[0])
         return self.fast.sparse_backward(x, W, dy, idx, dW, need_dx, ws)
 
-    def meprop_relu_backward(self, x, W, out, g, db, dW, selector, hits, need_dx):
-        """Per-example top-k or random-k in one fused kernel call; unified in one kernel call
-        (ReLU, bias, column scores, selection) before the two BLAS products."""
-        fusable = (_all_float32(g, out, x, W, db, dW) and g.flags.c_contiguous
-                   and g.flags.writeable and x.flags.c_contiguous)
+    def meprop_relu_backward(self, x, W, out, g, db, dW, rule, rng, hits, need_dx):
+        """The four built-in rules in one fused kernel call: per-example top-k or random-k
+        (ReLU, bias, selection, hits, dx and dW), or unified (ReLU, bias, column scores,
+        selection, hits) before the two BLAS products. Any other rule takes the plain path."""
+        fusable = (type(rule) in FUSED_RULES and _all_float32(g, out, x, W, db, dW)
+                   and g.flags.c_contiguous and g.flags.writeable and x.flags.c_contiguous)
         if not fusable:
-            return super().meprop_relu_backward(x, W, out, g, db, dW, selector, hits, need_dx)
+            return super().meprop_relu_backward(x, W, out, g, db, dW, rule, rng, hits, need_dx)
         batch, n_out = g.shape
-        k = selector.k
-        select = selector.mode == "top"
-        # random-k does not look at dy: it is drawn first, as the plain path's selector does
-        if selector.unified:
-            cols = (np.empty(k, np.int32) if select
-                    else self.select_random_unified(selector.rng, n_out, k))
+        k = rule.k
+        select = type(rule) in (TopK, UnifiedTopK)
+        # random-k does not look at dy: it is drawn first, as the plain path's rule does
+        if rule.unified:
+            cols = (np.empty(k, np.int32) if select else self.select_random_unified(rng, n_out, k))
             dx = self.fast.unified_backward(g, out, x, W, k, cols, db, dW, need_dx, hits, select)
-            return dx, ("cols", cols)
+            return dx, Selection(cols, batch, unified=True)
         idx = (np.empty((batch, k), np.int32) if select
-               else self.select_random_rows(selector.rng, batch, n_out, k))
+               else self.select_random_rows(rng, batch, n_out, k))
         ws = self._workspace(batch, k, n_out)
         dx = self.fast.layer_backward(g, out, x, W, k, idx, db, dW, need_dx, hits, ws, select)
-        return dx, ("rows", idx)
+        return dx, Selection(idx, batch)
 
-    def touched_rows(self, kind, chosen, n_out):
-        if kind == "cols":
-            return chosen
-        return self.k.rows_touched(chosen, n_out)
+    def rows_touched(self, idx, n_out):
+        return self.kernels.rows_touched(idx, n_out)
 
     def record_hits(self, idx, hits):
-        self.k.record_hits(idx, hits)
+        self.kernels.record_hits(idx, hits)
 
     def update(self, rule, w, g, states, scalars):
         if not _all_float32(w, g, *states):
@@ -198,17 +195,4 @@ class NumbaCompute(NumpyCompute):
                                                      *(np.float32(x) for x in scalars))
 
     def warmup(self):
-        self.k.warmup()
-
-
-def get_compute(backend="cpu", kernels="numba"):
-    """The implementation for a backend ('cpu', 'gpu' or 'auto') and CPU kernel choice."""
-    if backend == "auto":
-        from .backend import gpu_available
-        backend = "gpu" if gpu_available() else "cpu"
-    if backend == "gpu":
-        from .gpu import CupyCompute
-        return CupyCompute()
-    if kernels == "numba":
-        return NumbaCompute()
-    return NumpyCompute()
+        self.kernels.warmup()

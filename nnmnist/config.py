@@ -9,9 +9,10 @@ from dataclasses import dataclass, fields
 
 from . import fsio
 from .errors import UserError
+from .optim import RULES as OPT_RULES
 
 NET_TYPES = ("mlp", "mlprand", "mlptop", "mlpvar")
-OPT_TYPES = ("sgd", "adagrad", "adam", "rmsprop")
+OPT_TYPES = tuple(OPT_RULES)  # the optimizer registry's names
 BACKENDS = ("cpu", "gpu", "auto")
 KERNELS = ("numba", "numpy")
 K_NETS = ("mlprand", "mlptop", "mlpvar")
@@ -66,26 +67,27 @@ class Config:
         if self.uses_k:
             name += f"-t{self.TrainTop}"
         if self.NetType == "mlpvar":
-            name += f"-p{format_value(self.Prune)}"
+            name += f"-p{csharp_format(self.Prune)}"
             if 0 < self.TrainCycle < self.MaxEpoch:
                 name += f"-c{self.TrainCycle}"
         return name
 
-    def ignored_settings(self):
-        """Fields set away from their defaults that this combination does not use."""
+    def ignored_settings(self, backend=None):
+        """Fields set away from their defaults that this combination does not use; `backend`
+        is the resolved backend ("cpu" or "gpu") when known (an "auto" that found a GPU)."""
         notes = []
         if not self.uses_k:
             for name in ("Unified", "LazyUpdate"):
                 if getattr(self, name):
                     notes.append(f"{name} has no effect with NetType {self.NetType} "
                                  "(it only changes meProp's sparse backward)")
-        if self.Backend == "gpu" and self.Kernels != "numba":
+        if (backend or self.Backend) == "gpu" and self.Kernels != "numba":
             notes.append("Kernels has no effect with Backend gpu")
         return notes
 
     def header_lines(self):
         """`Name: value` for every field, sorted by name, as the log's header prints them."""
-        return [f"{f.name}: {format_value(getattr(self, f.name))}"
+        return [f"{f.name}: {csharp_format(getattr(self, f.name))}"
                 for f in sorted(fields(self), key=lambda f: f.name)
                 if f.name not in _RULE_FIELDS or _RULE_FIELDS[f.name] == self.OptType]
 
@@ -99,7 +101,7 @@ _CHOICES = {"NetType": NET_TYPES, "OptType": OPT_TYPES, "Backend": BACKENDS, "Ke
 _OPTIONAL_PATHS = ("DataDir", "LogDir")  # null means "the default place"
 
 
-def format_value(v):
+def csharp_format(v):
     """Format a value the way C#'s default ToString does (5.0 -> 5, 1e-06 -> 1E-06, True)."""
     if isinstance(v, bool):
         return "True" if v else "False"

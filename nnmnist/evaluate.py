@@ -17,7 +17,8 @@ from .errors import report_errors
 def build_network(mf, cfg):
     """The model of a file, ready to score: the training network for a checkpoint or best
     model (its kernels and masks included), the plain inference model for an export."""
-    from .compute import NumpyCompute, get_compute
+    from .backend import get_compute
+    from .compute import NumpyCompute
     if mf.kind == "export":
         from .model import from_file
         return from_file(mf), NumpyCompute()
@@ -32,7 +33,7 @@ def build_network(mf, cfg):
 
 def evaluate_file(path, data_dir=None, log=print, backend=None):
     """Load a model file and MNIST, print the dev and test lines; return (dev, tst) Scores."""
-    from .backend import get_xp
+    from .backend import resolve_backend
     from .data import load_mnist
     from .train import evaluate
     mf = checkpoint.read(path)
@@ -41,7 +42,7 @@ def evaluate_file(path, data_dir=None, log=print, backend=None):
         cfg = dataclasses.replace(cfg, DataDir=str(data_dir))
     if backend is not None:
         cfg = dataclasses.replace(cfg, Backend=backend)
-    get_xp(cfg.Backend)  # a GPU run's model on a machine without one: a one-line error
+    resolve_backend(cfg.Backend)  # a GPU run's model on a machine without one: a one-line error
     if cfg.Backend != "gpu":
         from .kernels import set_num_threads
         set_num_threads(cfg.Threads)  # the run's threads: BLAS then sums in the run's order

@@ -1,7 +1,6 @@
 """The CuPy backend: the hot operations of `nnmnist.compute` on an NVIDIA GPU.
 
-`nnmnist.compute.get_compute("gpu")` is the only importer, so machines without CuPy never get
-here. Layers, ops and optimizers are the same `xp.*` code for both backends; what differs is
+`nnmnist.backend.get_compute` is the only importer, so machines without CuPy never get here. Layers, ops and optimizers are the same `xp.*` code for both backends; what differs is
 the methods below, each with the signature of its `NumpyCompute` reference:
 
 - per-row top-k: one thread block per row does a radix select on the bit patterns of |dy|
@@ -19,13 +18,10 @@ the methods below, each with the signature of its `NumpyCompute` reference:
 import numpy as np
 
 from .backend import check_gpu_available
+from .backend import cublas
+from .backend import cupy as cp  # None without CuPy: the constructor then raises the clear error
 from .compute import NumpyCompute
 from .optim import RULES, optimizer_class
-
-try:  # the constructor raises the clear error (with the import error kept) when this failed
-    import cupy as cp
-except Exception:  # pragma: no cover - depends on the machine
-    cp = None
 
 # ---------------------------------------------------------------------------------------------
 # Per-row top-k of |a|: one block per row.
@@ -149,7 +145,7 @@ extern "C" __global__ void nnmnist_topk_f64(const double* a, int n, int k, int* 
                                          hist, warp_sums, &s_prefix, &s_rem);
 }
 
-// meSimp record: every chosen (example, neuron) adds one hit (int64 counters).
+// meSimp hit count: every chosen (example, neuron) adds one hit (int64 counters).
 extern "C" __global__ void nnmnist_record_hits(const int* idx, long long count,
                                                unsigned long long* hits) {
     const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -218,11 +214,7 @@ class _Kernels:
             reduce_type="double")
         self.mark_rows = cp.ElementwiseKernel(
             "int32 j", "raw bool row_mask", "row_mask[j] = true;", "nnmnist_mark_rows")
-        try:
-            from cupy import cublas
-            self.gemm = cublas.gemm
-        except Exception:  # pragma: no cover - older CuPy: fall back to matmul and add
-            self.gemm = None
+        self.gemm = cublas.gemm if cublas is not None else None
 
 
     def update(self, rule):
@@ -251,7 +243,7 @@ class CupyCompute(NumpyCompute):
     def __init__(self):
         check_gpu_available()
         self.xp = cp
-        self.k = _kernels()
+        self.kernels = _kernels()
         self._generators = {}  # id(numpy rng) -> (that rng, its CuPy RandomState)
 
     # -- forward -------------------------------------------------------------------------------
@@ -280,7 +272,7 @@ class CupyCompute(NumpyCompute):
 
     def select_topk_unified(self, dy, k):
         """Column scores sum |dy| over the minibatch in float64, rounded once (as the Numba kernel)."""
-        return self._topk_rows(self.k.abs_colsum(dy, axis=0)[None, :], k)[0]
+        return self._topk_rows(self.kernels.abs_colsum(dy, axis=0)[None, :], k)[0]
 
     def _topk_rows(self, a, k):
         if a.dtype not in (np.float32, np.float64):
@@ -295,7 +287,7 @@ class CupyCompute(NumpyCompute):
             out[...] = cp.arange(n, dtype=np.int32)
             return out
         threads = min(TOPK_MAX_THREADS, max(64, -(-n // 32) * 32))
-        self.k.topk[a.dtype]((batch,), (threads,), (a, np.int32(n), np.int32(k), out))
+        self.kernels.topk[a.dtype]((batch,), (threads,), (a, np.int32(n), np.int32(k), out))
         return out
 
     # -- meProp backward --------------------------------------------------------------------
@@ -303,28 +295,26 @@ class CupyCompute(NumpyCompute):
         dy = cp.ascontiguousarray(dy)
         kept = cp.zeros_like(dy)
         if idx.size:
-            self.k.keep_chosen(cp.ascontiguousarray(idx, dtype=np.int32), dy.reshape(-1),
+            self.kernels.keep_chosen(cp.ascontiguousarray(idx, dtype=np.int32), dy.reshape(-1),
                                idx.shape[1], dy.shape[1], kept.reshape(-1))
         self._add_at_b(kept, x, dW)
         return kept @ W if need_dx else None
 
     def _add_at_b(self, a, b, out):
         """out += a.T @ b, in place by one GEMM where cuBLAS can take the arrays as they are."""
-        usable = (self.k.gemm is not None and a.dtype == b.dtype == out.dtype
+        usable = (self.kernels.gemm is not None and a.dtype == b.dtype == out.dtype
                   and a.flags.c_contiguous and b.flags.c_contiguous and out.flags.c_contiguous)
         if usable:
-            self.k.gemm("T", "N", a, b, out=out, alpha=1.0, beta=1.0)
+            self.kernels.gemm("T", "N", a, b, out=out, alpha=1.0, beta=1.0)
         else:
             out += a.T @ b
 
-    def touched_rows(self, kind, chosen, n_out):
+    def rows_touched(self, idx, n_out):
         """Per-example choices give a boolean mask over the rows (a list would need its length
         read back from the device); unified choices are already a list of distinct rows."""
-        if kind == "cols":
-            return chosen
         mask = cp.zeros(n_out, dtype=np.bool_)
-        if chosen.size:
-            self.k.mark_rows(cp.ascontiguousarray(chosen, dtype=np.int32), mask)
+        if idx.size:
+            self.kernels.mark_rows(cp.ascontiguousarray(idx, dtype=np.int32), mask)
         return mask
 
     def record_hits(self, idx, hits):
@@ -335,15 +325,15 @@ class CupyCompute(NumpyCompute):
             return
         idx = cp.ascontiguousarray(idx, dtype=np.int32)
         blocks = -(-idx.size // HITS_THREADS)
-        self.k.record_hits((blocks,), (HITS_THREADS,), (idx, np.int64(idx.size), hits))
+        self.kernels.record_hits((blocks,), (HITS_THREADS,), (idx, np.int64(idx.size), hits))
 
     # -- optimizer updates ------------------------------------------------------------------
     def update(self, rule, w, g, states, scalars):
-        self.k.update(rule)[0](*self._scalars(rule, w, scalars), w, g, *states)
+        self.kernels.update(rule)[0](*self._scalars(rule, w, scalars), w, g, *states)
 
     def update_rows(self, rule, W, G, states, rows, scalars):
         """The rule on the rows given as a boolean mask or as a list of distinct indices."""
-        _, masked, listed = self.k.update(rule)
+        _, masked, listed = self.kernels.update(rule)
         scalars = self._scalars(rule, W, scalars)
         arrays = (W, G, *states)
         ncols = W.size // max(W.shape[0], 1)
@@ -376,7 +366,7 @@ class CupyCompute(NumpyCompute):
             cols = self.select_topk_unified(a, 4)
             self.meprop_backward_rows(x, W, a, idx, cp.zeros_like(W), True)
             self.meprop_backward_cols(x, W, a, cols, cp.zeros_like(W), True)
-            mask = self.touched_rows("rows", idx, 40)
+            mask = self.rows_touched(idx, 40)
             for name in RULES:  # every registered optimizer rule, dense and both row forms
                 rule = optimizer_class(name).rule
                 scalars = [0.1] * (len(rule.scalars) - 1) + [1.0]

@@ -1,4 +1,9 @@
-"""Dense and masked-dense units, and the rules that pick which gradient entries flow back."""
+"""Dense and masked-dense (meSimp) units.
+
+Weights are stored neuron-major, W of shape (out, in): row j holds neuron j's incoming weights
+and a unit computes x @ W.T + b. Which gradient entries flow back through a meProp unit is
+decided by its selection rule (`nnmnist.select`).
+"""
 import numpy as np
 
 from . import ops
@@ -13,34 +18,18 @@ def init_dense(rng, n_in, n_out, xp):
     return xp.asarray(W), xp.asarray(b)
 
 
-class Selector:
-    """Which entries of a layer's output gradient flow back: all, top-k or random-k."""
-
-    def __init__(self, mode, k, unified, compute, rng):
-        self.mode, self.k, self.unified = mode, k, unified
-        self.compute, self.rng = compute, rng
-
-    def __call__(self, dy):
-        c, k = self.compute, self.k
-        if self.mode == "top":
-            if self.unified:
-                return "cols", c.select_topk_unified(dy, k)
-            return "rows", c.select_topk_rows(dy, k)
-        batch, n = dy.shape
-        if self.unified:
-            return "cols", c.select_random_unified(self.rng, n, k)
-        return "rows", c.select_random_rows(self.rng, batch, n, k)
-
-
 class Dense:
-    """y = x W + b, with an ordinary backward or, given a Selector, meProp's sparse one."""
+    """y = x @ W.T + b, with an ordinary backward or, given a SelectionRule, meProp's sparse one.
 
-    def __init__(self, n_in, n_out, rng, compute, selector=None):
+    `rng` draws the initial weights and, for a random rule, the random choices.
+    """
+
+    def __init__(self, n_in, n_out, rng, compute, rule=None):
         W, b = init_dense(rng, n_in, n_out, compute.xp)
         self.W = Tensor(W, name="W")
         self.b = Tensor(b, name="b")
-        self.compute = compute
-        self.selector = selector
+        self.compute, self.rng = compute, rng
+        self.rule = rule
 
     @property
     def params(self):
@@ -50,63 +39,69 @@ class Dense:
     def n_out(self):
         return self.W.shape[0]
 
-    def _matmul(self, flow, x, recorder=None):
-        if self.selector is None:
-            return ops.matmul(flow, x, self.W, self.compute)
-        return ops.meprop_matmul(flow, x, self.W, self.compute, self.selector, recorder)
-
     def __call__(self, flow, x):
-        """The unit's pre-activation x W + b, op by op."""
+        """The unit's pre-activation x @ W.T + b, op by op.
+
+        With a rule this is the step-by-step meProp path (`ops.meprop_matmul`, then the
+        bias): the reference that the fused `activate` is checked against in the tests.
+        """
         return ops.add_bias(flow, self._matmul(flow, x), self.b)
 
+    def _matmul(self, flow, x, on_selection=None):
+        if self.rule is None:
+            return ops.matmul(flow, x, self.W, self.compute)
+        return ops.meprop_matmul(flow, x, self.W, self.compute,
+                                 lambda dy: self.rule(dy, self.compute, self.rng), on_selection)
+
     def activate(self, flow, x):
-        """relu(x W + b): with meProp one fused op, otherwise matmul, bias and ReLU ops."""
-        if self.selector is None:
+        """relu(x @ W.T + b): with meProp one fused op, otherwise matmul, bias and ReLU ops."""
+        if self.rule is None:
             return ops.relu(flow, self(flow, x))
-        return ops.meprop_relu_unit(flow, x, self.W, self.b, self.compute, self.selector)
+        return ops.meprop_relu_unit(flow, x, self.W, self.b, self.compute, self.rule, self.rng)
 
 
 class MaskedDense(Dense):
-    """meSimp's unit: y = mask * (x W + b), counting how often each neuron is in the top-k."""
+    """meSimp's unit: y = mask * (x @ W.T + b), counting how often each neuron is chosen.
 
-    def __init__(self, n_in, n_out, rng, compute, selector):
-        super().__init__(n_in, n_out, rng, compute, selector)
+    `hits[j]` counts the examples whose selection chose neuron j, and `examples` the examples
+    seen, both since the last pruning; `prune` deactivates the rarely chosen neurons.
+    """
+
+    def __init__(self, n_in, n_out, rng, compute, rule):
+        super().__init__(n_in, n_out, rng, compute, rule)
         xp = compute.xp
         self.active = xp.ones(n_out, dtype=bool)
         self.mask = xp.ones(n_out, dtype=np.float32)
         self.hits = xp.zeros(n_out, dtype=np.int64)
-        self.reference = 0
+        self.examples = 0
         self.n_total = n_out  # the width as built; compaction shrinks n_out, never this
 
-    def _record(self, kind, chosen, batch):
-        """Each example adds one to the reference count and one hit to each of its k neurons."""
-        self.reference += batch
-        self.compute.record_choice(kind, chosen, batch, self.hits)
+    def _count_examples(self, selection):
+        """Each backward's examples count once, whichever path ran it."""
+        self.examples += selection.batch
 
     def __call__(self, flow, x):
-        """The unit's masked pre-activation, op by op, recording hits in backward."""
-        y = ops.add_bias(flow, self._matmul(flow, x, self._record), self.b)
+        """The unit's masked pre-activation, op by op, counting hits in backward: the
+        step-by-step reference that the fused `activate` is checked against in the tests."""
+        def on_selection(selection):
+            selection.count_hits(self.compute, self.hits)
+            self._count_examples(selection)
+        y = ops.add_bias(flow, self._matmul(flow, x, on_selection), self.b)
         return ops.mask(flow, y, self.mask)
 
     def activate(self, flow, x):
-        """relu(mask * (x W + b)) as one fused op, whose backward records the hits; the
-        reference count moves in backward too (as in `_record`)."""
-        y = ops.meprop_relu_unit(flow, x, self.W, self.b, self.compute, self.selector,
-                                 mask=self.mask, hits=self.hits)
-        batch = x.shape[0]
-
-        def count_examples():
-            self.reference += batch
-        flow.record(count_examples)
-        return y
+        """relu(mask * (x @ W.T + b)) as one fused op, whose backward counts the hits."""
+        return ops.meprop_relu_unit(flow, x, self.W, self.b, self.compute, self.rule, self.rng,
+                                    mask=self.mask, hits=self.hits,
+                                    on_selection=self._count_examples)
 
     def prune(self, fraction):
-        """Deactivate neurons with hits < floor(reference * fraction) for good; reset counters."""
-        threshold = int(np.floor(self.reference * fraction))
+        """Deactivate neurons with hits < floor(examples * fraction) for good; reset counters."""
+        threshold = int(np.floor(self.examples * fraction))
         self.active &= self.hits >= threshold
         self.mask[...] = self.active
         self.hits[...] = 0
-        self.reference = 0
+        self.examples = 0
 
     @property
     def active_count(self):

@@ -1,36 +1,27 @@
-"""The four networks of the original: mlp, mlptop, mlprand and mlpvar (meSimp)."""
+"""Networks: a generic stack of units, and the original's four (mlp, mlptop, mlprand, mlpvar)."""
 import json
 
 import numpy as np
 
 from . import ops
-from .layers import Dense, MaskedDense, Selector
+from .layers import Dense, MaskedDense
 from .params import ParamStore, StateDictError, check_state_keys, load_into, to_host
+from .select import rule_for
 from .tensor import Tensor
 
 
-class MLP:
-    """Hidden layers with ReLU (and optional dropout), then a linear output layer.
+class Network:
+    """A stack of units: hidden units with ReLU (and optional dropout), then a linear output
+    unit whose logits feed softmax cross-entropy.
 
-    The output layer always back-propagates densely; `NetType` decides the hidden layers:
-    mlp dense, mlptop top-k, mlprand random-k, mlpvar masked top-k with pruning.
+    `layers` are `Dense` or `MaskedDense` units, each with its own width and selection rule
+    (None: ordinary backprop); `rng` is the generator of dropout (the units hold their own for
+    random rules). The network owns its parameters in one flat store from construction on.
     """
 
-    def __init__(self, cfg, n_in, compute, rng):
-        self.cfg, self.compute, self.rng = cfg, compute, rng
-        self.net_type = cfg.NetType
-        sizes = [n_in] + [cfg.HiddenSize] * (cfg.Layers - 1) + [cfg.LabelCount]
-        self.layers = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-            if i == len(sizes) - 2:
-                self.layers.append(Dense(a, b, rng, compute))
-            elif self.net_type == "mlp":
-                self.layers.append(Dense(a, b, rng, compute))
-            else:
-                mode = "rand" if self.net_type == "mlprand" else "top"
-                sel = Selector(mode, cfg.TrainTop, cfg.Unified, compute, rng)
-                unit = MaskedDense if self.net_type == "mlpvar" else Dense
-                self.layers.append(unit(a, b, rng, compute, sel))
+    def __init__(self, layers, compute, rng, dropout=0.0):
+        self.layers, self.compute, self.rng = list(layers), compute, rng
+        self.dropout = dropout
         # The model owns its parameters in one flat store from here on ("0.W", "0.b", ...).
         self.store = ParamStore(self.named_params(), compute.xp)
 
@@ -55,8 +46,8 @@ class MLP:
         h = Tensor(x, requires_grad=False)
         for layer in self.layers[:-1]:
             h = layer.activate(flow, h)
-            if flow.training and self.cfg.Dropout > 0:
-                h = ops.dropout(flow, h, self.cfg.Dropout, self.rng, self.compute)
+            if flow.training and self.dropout > 0:
+                h = ops.dropout(flow, h, self.dropout, self.rng, self.compute)
         logits = self.layers[-1](flow, h)
         return ops.softmax_cross_entropy(flow, logits, labels, self.compute.xp)
 
@@ -70,7 +61,7 @@ class MLP:
         for i, layer in self._masked_by_index():
             out[f"{i}.active"] = to_host(layer.active)
             out[f"{i}.hits"] = to_host(layer.hits)
-            out[f"{i}.examples"] = np.array(layer.reference, dtype=np.int64)
+            out[f"{i}.examples"] = np.array(layer.examples, dtype=np.int64)
         out["rng"] = np.array(json.dumps(self.rng.bit_generator.state))
         return out
 
@@ -94,7 +85,7 @@ class MLP:
         load_into("model", pairs, xp)  # every shape checked before anything is copied
         for i, layer in self._masked_by_index():
             layer.mask[...] = layer.active
-            layer.reference = int(np.asarray(state[f"{i}.examples"]))
+            layer.examples = int(np.asarray(state[f"{i}.examples"]))
         self.rng.bit_generator.state = rng_state
 
     def _masked_by_index(self):
@@ -118,3 +109,25 @@ class MLP:
             else:
                 parts.append(str(layer.n_out))
         return ", ".join(parts)
+
+
+class MLP(Network):
+    """The original's networks, as a config describes them.
+
+    The output layer always back-propagates densely; `NetType` decides the hidden layers:
+    mlp dense, mlptop top-k, mlprand random-k, mlpvar masked top-k with pruning.
+    """
+
+    def __init__(self, cfg, n_in, compute, rng):
+        self.cfg = cfg
+        self.net_type = cfg.NetType
+        sizes = [n_in] + [cfg.HiddenSize] * (cfg.Layers - 1) + [cfg.LabelCount]
+        layers = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            if i == len(sizes) - 2 or self.net_type == "mlp":
+                layers.append(Dense(a, b, rng, compute))
+            else:
+                rule = rule_for(self.net_type, cfg.TrainTop, cfg.Unified)
+                unit = MaskedDense if self.net_type == "mlpvar" else Dense
+                layers.append(unit(a, b, rng, compute, rule))
+        super().__init__(layers, compute, rng, dropout=cfg.Dropout)

@@ -26,43 +26,45 @@ def matmul(flow, x, W, compute):
         if x.requires_grad:
             accumulate(x, dy @ W.value)
         W.grad += dy.T @ x.value
-        W.touched = None
     flow.record(backward)
     return y
 
 
-def meprop_matmul(flow, x, W, compute, select, recorder=None):
+def meprop_matmul(flow, x, W, compute, select, on_selection=None):
     """y = x @ W.T; backward uses only the entries of dy that `select(dy)` keeps (meProp).
 
-    `select` returns ("rows", idx) with k column indices per example, or ("cols", cols) with
-    one column set for the whole minibatch (unified top-k). `recorder(kind, chosen, batch)`
-    sees each choice (meSimp's hit counting).
+    The step-by-step form of meProp's backward: a unit built from it (`Dense.__call__` with a
+    rule) is the reference the fused `meprop_relu_unit` is checked against in the tests, and
+    a building block for units of your own; training uses the fused unit.
+
+    `select(dy)` returns a Selection (k columns per example, or one column set for the whole
+    minibatch); `on_selection(selection)` sees each one (meSimp's hit counting).
     """
     y = Tensor(compute.matmul_xwt(x.value, W.value), requires_grad=True)
 
     def backward():
         dy = y.grad
-        kind, chosen = select(dy)
-        if recorder is not None:
-            recorder(kind, chosen, dy.shape[0])
-        if kind == "rows":
-            dx = compute.meprop_backward_rows(x.value, W.value, dy, chosen, W.grad, x.requires_grad)
-        else:
-            dx = compute.meprop_backward_cols(x.value, W.value, dy, chosen, W.grad, x.requires_grad)
-        W.touched = (kind, chosen)
+        selection = select(dy)
+        if on_selection is not None:
+            on_selection(selection)
+        dx = compute.meprop_backward(x.value, W.value, dy, selection, W.grad, x.requires_grad)
+        flow.selected(W, selection)
         if dx is not None:
             accumulate(x, dx)
     flow.record(backward)
     return y
 
 
-def meprop_relu_unit(flow, x, W, b, compute, selector, mask=None, hits=None):
+def meprop_relu_unit(flow, x, W, b, compute, rule, rng, mask=None, hits=None,
+                     on_selection=None):
     """out = relu(mask * (x @ W.T + b)) as one op, whose backward is meProp's.
 
     The same function as `relu(mask(add_bias(meprop_matmul(...))))`, recorded as one backward
     so that a backend can run the whole of it in one call (`compute.meprop_relu_backward`).
-    `hits` (meSimp's record) counts each chosen (example, neuron). The backward may overwrite
-    the output's gradient buffer in place (with dy); nothing reads it afterwards.
+    `rule` is the SelectionRule (random ones draw from `rng`); `hits` (meSimp's hit counts)
+    counts each chosen (example, neuron); `on_selection(selection)` sees each selection. The
+    backward may overwrite the output's gradient buffer in place (with dy); nothing reads it
+    afterwards.
     """
     h = compute.matmul_xwt(x.value, W.value)
     h += b.value
@@ -72,8 +74,11 @@ def meprop_relu_unit(flow, x, W, b, compute, selector, mask=None, hits=None):
     y = Tensor(h, requires_grad=True)
 
     def backward():
-        dx, W.touched = compute.meprop_relu_backward(x.value, W.value, h, y.grad, b.grad,
-                                                      W.grad, selector, hits, x.requires_grad)
+        dx, selection = compute.meprop_relu_backward(x.value, W.value, h, y.grad, b.grad, W.grad,
+                                                     rule, rng, hits, x.requires_grad)
+        flow.selected(W, selection)
+        if on_selection is not None:
+            on_selection(selection)
         if dx is not None:
             accumulate(x, dx)
     flow.record(backward)
@@ -104,7 +109,11 @@ def relu(flow, x):
 
 
 def mask(flow, x, m):
-    """y = m * x for a 0/1 float mask over the columns (meSimp's active neurons)."""
+    """y = m * x for a 0/1 float mask over the columns (meSimp's active neurons).
+
+    Training applies the mask inside `meprop_relu_unit`; this op is the step-by-step
+    reference (`MaskedDense.__call__`) that the fused unit is checked against in the tests.
+    """
     y = Tensor(x.value * m, requires_grad=True)
 
     def backward():

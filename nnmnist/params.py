@@ -97,6 +97,7 @@ class ParamStore:
             raise ValueError(f"a store holds one dtype; got {sorted(str(d) for d in dtypes)}")
         self.dtype = dtypes.pop()
         self._aligned = []  # weak references to AlignedBuffers that follow this layout
+        self.layout = 0     # counts the layouts: whoever caches views compares it
         grads = [p._grad if p._grad is not None else None for p in self.params]
         self._lay_out([p.value for p in self.params], grads)
 
@@ -107,6 +108,7 @@ class ParamStore:
         self.sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes, dtype=np.int64)]).tolist()
         self.size = self.offsets[-1]
+        self.layout += 1
         self.value = self.concat(values)
         self.grad = self.xp.zeros(self.size, dtype=self.dtype)
         for p, v, g in zip(self.params, self.views_of(self.value), self.views_of(self.grad)):

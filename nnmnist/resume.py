@@ -32,11 +32,11 @@ def resume_run(args, overrides):
     if train.get("epoch", 0) >= cfg.MaxEpoch:
         raise UserError(f"{mf.path}: --set MaxEpoch={cfg.MaxEpoch} is before the checkpoint's "
                         f"epoch {train.get('epoch')}")
-    from .backend import get_xp
+    from .backend import resolve_backend
     from .data import load_mnist
     from .runlog import RunLog
     from .train import Trainer
-    get_xp(cfg.Backend)
+    resolve_backend(cfg.Backend)
     if cfg.Backend != "gpu":
         from .kernels import set_num_threads
         set_num_threads(cfg.Threads)

@@ -86,8 +86,6 @@ def load_optimizer(opt, mf):
     except UserError as exc:
         raise UserError(f"{mf.path}: {exc}") from None
     opt.store.grad.fill(0)  # at a part boundary every gradient is zero
-    for p in opt.params:
-        p.touched = None
 
 
 # ---------------------------------------------------------------- the run

@@ -1,8 +1,8 @@
-"""The engine: a Tensor (value, gradient, optimizer state) and the Flow tape that replays backward."""
+"""The engine: a Tensor (value, gradient) and the Flow tape that replays backward."""
 
 
 class Tensor:
-    """A value with its gradient buffer; parameters also carry optimizer state and touched rows."""
+    """A value with its gradient buffer; parameters also carry views of optimizer state."""
 
     def __init__(self, value, requires_grad=True, name=""):
         self.value = value
@@ -11,7 +11,6 @@ class Tensor:
         self._grad = None
         self.state = {}          # views of the optimizer's state (m, v, h, ...), keyed by name
         self.store = None        # the ParamStore whose buffers `value` and the gradient view
-        self.touched = None      # (kind, chosen) of meProp's last selection; None = dense
 
     @property
     def shape(self):
@@ -35,6 +34,12 @@ class Flow:
     def __init__(self, training=True):
         self.training = training
         self._tape = []
+        self.selections = {}  # parameter Tensor -> the meProp Selection its backward used
+
+    def selected(self, param, selection):
+        """Note that `param` (a weight) received gradient only on `selection`'s rows; the
+        optimizer's row ("lazy") updates take these (`optimizer.step(flow.selections)`)."""
+        self.selections[param] = selection
 
     def record(self, backward_fn):
         if self.training:

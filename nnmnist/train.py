@@ -5,8 +5,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .backend import get_compute
 from .compact import compact
-from .compute import get_compute
 from .errors import RunError, UserError, interrupt_name
 from .networks import MLP
 from .optim import make_optimizer
@@ -101,7 +101,7 @@ def evaluate(model, x, y, compute, batch):
 class Trainer:
     """Holds the model, optimizer and data of one run and steps it part by part."""
 
-    def __init__(self, cfg, splits, compute=None):
+    def __init__(self, cfg, splits, compute=None, model=None):
         if cfg.IterPerEpoch > len(splits.trn_y):
             raise UserError(f"IterPerEpoch = {cfg.IterPerEpoch}: more parts than the "
                             f"{len(splits.trn_y)} training examples")
@@ -115,7 +115,7 @@ class Trainer:
         self.dev_x, self.dev_y = xp.asarray(splits.dev_x), xp.asarray(splits.dev_y)
         self.tst_x, self.tst_y = xp.asarray(splits.tst_x), xp.asarray(splits.tst_y)
         self.n_in = splits.trn_x.shape[1]
-        self.model = MLP(cfg, self.n_in, self.compute, self.net_rng)
+        self.model = model or MLP(cfg, self.n_in, self.compute, self.net_rng)
         self.opt = make_optimizer(cfg, self.model.params, self.compute, len(splits.trn_y))
         self.order = np.arange(len(splits.trn_y))
         self.result = Result(param_count=self.model.param_count)
@@ -230,7 +230,7 @@ class Trainer:
                 flow.backward()
                 c.sync()
                 t2 = clock()
-                self.opt.step()
+                self.opt.step(flow.selections)
                 c.sync()
                 t3 = clock()
                 timer.fp += t1 - t0

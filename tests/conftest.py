@@ -41,6 +41,21 @@ def mnist_dir():
 
 
 @pytest.fixture
+def plain_backward_calls(monkeypatch):
+    """A list that grows by one each time a unit's backward takes the plain NumPy route
+    (`NumpyCompute.meprop_relu_backward`), for checking when the fused kernels run."""
+    from nnmnist.compute import NumpyCompute
+    calls = []
+    plain = NumpyCompute.meprop_relu_backward
+
+    def counted(self, *args):
+        calls.append(1)
+        return plain(self, *args)
+    monkeypatch.setattr(NumpyCompute, "meprop_relu_backward", counted)
+    return calls
+
+
+@pytest.fixture
 def loopback_only(monkeypatch):
     """Any connection to an address other than this machine's loopback fails the test."""
     real_connect = socket.socket.connect

@@ -102,7 +102,7 @@ def test_compacted_arrays_are_the_active_ones_with_their_state(compute, opt):
         assert np.shares_memory(p.value, model.store.value)
     assert model.dims() == f"{a1.sum()}(32), {a2.sum()}(32), 10"
     assert [layer.n_out for layer in model.masked_layers] == [a1.sum(), a2.sum()]
-    assert [layer.selector.k for layer in model.masked_layers] == [6, 6]
+    assert [layer.rule.k for layer in model.masked_layers] == [6, 6]
 
 
 class SpyCompute(NumpyCompute):
@@ -153,7 +153,7 @@ def test_compacted_training_keeps_the_masked_hits(compute, k, unified, short_row
         # active neurons (the masked layer also counts fills of its inactive ones, which
         # nothing reads: they stay inactive)
         np.testing.assert_array_equal(lc.hits, lm.hits[lm.active])
-        assert lm.reference == lc.reference
+        assert lm.examples == lc.examples
     # weights: the masked network's active rows and columns equal the compacted ones
     a = [layer.active for layer in masked.masked_layers]
     W1m, W2m, W3m = (layer.W.value for layer in masked.layers)
@@ -186,11 +186,11 @@ def zero_row_case(compute):
     dy = np.zeros((1, 8), np.float32)
     dy[0, 4], dy[0, 7] = 0.5, -2.0
     masked_hits = np.zeros(8, np.int64)
-    compute.record_choice("rows", compute.select_topk_rows(dy, 4), 1, masked_hits)
+    compute.record_hits(compute.select_topk_rows(dy, 4), masked_hits)
     keep = np.flatnonzero(active)
     compact_hits = np.zeros(5, np.int64)
     chosen = compute.select_topk_rows(np.ascontiguousarray(dy[:, keep]), 4)
-    compute.record_choice("rows", chosen, 1, compact_hits)
+    compute.record_hits(chosen, compact_hits)
     return active, masked_hits, expand(None, type("L", (), {"n_out": 8, "active": active}),
                                        compact_hits)
 
@@ -226,9 +226,9 @@ def test_fill_excess_against_a_naive_full_width_top_k():
         full = np.zeros((3, total))
         full[:, origin] = dy
         want = np.zeros(total, np.int64)
-        c.record_choice("rows", c.select_topk_rows(full, k), 3, want)
+        c.record_hits(c.select_topk_rows(full, k), want)
         got = np.zeros(n, np.int64)
-        c.record_choice("rows", c.select_topk_rows(dy, min(k, n)), 3, got)
+        c.record_hits(c.select_topk_rows(dy, min(k, n)), got)
         got -= cm.fill_excess(dy != 0, origin, k, min(k, n))
         np.testing.assert_array_equal(got, want[origin])
         assert want[np.setdiff1d(np.arange(total), origin)].sum() >= 0
@@ -252,7 +252,7 @@ def test_fewer_active_neurons_than_k_chooses_them_all():
         layer.active[5:] = False
         layer.mask[...] = layer.active
     cm.compact(model, opt)
-    assert [layer.selector.k for layer in model.masked_layers] == [5, 5]
+    assert [layer.rule.k for layer in model.masked_layers] == [5, 5]
     x = np.random.default_rng(1).random((4, 20), dtype=np.float32)
     train_steps(model, opt, [x], [np.arange(4)])
     assert model.masked_layers[0].W.value.shape == (5, 20)
@@ -293,7 +293,7 @@ def _gpu():
 def test_compaction_on_the_gpu_keeps_the_masked_hits(k, unified):
     """The CuPy path: compaction, the hit correction and the dense path for k >= n."""
     from nnmnist.backend import to_numpy
-    from nnmnist.compute import get_compute
+    from nnmnist.backend import get_compute
     compute = get_compute("gpu")
     xs, ys = batches()
     xs, ys = [compute.xp.asarray(x) for x in xs], [compute.xp.asarray(y) for y in ys]

@@ -301,6 +301,11 @@ def test_absolute_path_as_given(tmp_path):
 
 
 def test_default_data_dir_is_beside_the_package():
+    # Independent of how data.py computes it: the folder named data that holds the data
+    # README, beside run.py and the package, in the checkout this test file belongs to.
+    assert (data.DEFAULT_DATA_DIR / "README.md").is_file()
+    assert (data.DEFAULT_DATA_DIR.parent / "run.py").is_file()
+    assert (data.DEFAULT_DATA_DIR.parent / "nnmnist" / "data.py").samefile(data.__file__)
     assert data.DEFAULT_DATA_DIR == REPO / "data"
     assert data.data_dir_of(SimpleNamespace(DataDir=None)) == REPO / "data"
 

@@ -74,7 +74,7 @@ def test_lazy_updates_fast_equals_plain(tiny_splits, lazy):
             flow = Flow()
             model.forward(flow, tiny_splits.trn_x[i * 20:(i + 1) * 20], tiny_splits.trn_y[i * 20:(i + 1) * 20])
             flow.backward()
-            opt.step()
+            opt.step(flow.selections)
         finals.append([p.value for p in model.params])
         rows_changed = np.any(model.layers[1].W.value != before[2], axis=1).sum()
         # Lazy: at most 3 steps x k rows of a hidden weight move; exact: every row moves.

@@ -11,7 +11,8 @@ import pytest
 
 from nnmnist import ops
 from nnmnist.compute import NumbaCompute, NumpyCompute
-from nnmnist.layers import Dense, MaskedDense, Selector
+from nnmnist.layers import Dense, MaskedDense
+from nnmnist.select import RandomK, TopK, UnifiedRandomK, UnifiedTopK
 from nnmnist.tensor import Flow, Tensor
 
 PLAIN, FAST = NumpyCompute(), NumbaCompute()
@@ -19,9 +20,10 @@ SELECTIONS = [("top", False), ("rand", False), ("top", True), ("rand", True)]
 
 
 def make_layer(compute, mode, unified, masked, k, dtype, n_in=9, n_out=12, seed=3):
-    sel = Selector(mode, k, unified, compute, np.random.default_rng(seed + 1))
+    rule = {("top", False): TopK, ("rand", False): RandomK, ("top", True): UnifiedTopK,
+            ("rand", True): UnifiedRandomK}[mode, unified](k)
     cls = MaskedDense if masked else Dense
-    layer = cls(n_in, n_out, np.random.default_rng(seed), compute, sel)
+    layer = cls(n_in, n_out, np.random.default_rng(seed), compute, rule)
     layer.W.value = layer.W.value.astype(dtype)
     layer.b.value = (np.random.default_rng(seed + 2).normal(size=n_out) * 0.5).astype(dtype)
     if masked:
@@ -37,8 +39,10 @@ def run(layer, fused, x, g):
     y.grad = g.copy(order="K")  # keeps a Fortran-ordered g Fortran-ordered
     flow.backward()
     hits = layer.hits.copy() if isinstance(layer, MaskedDense) else None
-    ref = getattr(layer, "reference", None)
-    return y.value, xt.grad, layer.W.grad, layer.b.grad, layer.W.touched, hits, ref
+    examples = getattr(layer, "examples", None)
+    selection = flow.selections[layer.W]
+    return (y.value, xt.grad, layer.W.grad, layer.b.grad,
+            (selection.unified, selection.chosen), hits, examples)
 
 
 @pytest.mark.parametrize("mode,unified", SELECTIONS)
@@ -99,16 +103,10 @@ def test_fused_unit_full_k_is_the_exact_gradient(masked):
 
 
 @pytest.mark.parametrize("case", ["fortran_g", "float64"])
-def test_fused_path_falls_back_to_the_plain_route(monkeypatch, case):
+def test_fused_path_falls_back_to_the_plain_route(plain_backward_calls, case):
     """A gradient the kernel cannot overwrite in place, or arrays that are not float32, take
     the plain NumPy route (and only then), with the same result."""
-    calls = []
-    plain = NumpyCompute.meprop_relu_backward
-
-    def counted(self, *args):
-        calls.append(1)
-        return plain(self, *args)
-    monkeypatch.setattr(NumpyCompute, "meprop_relu_backward", counted)
+    calls = plain_backward_calls
     dtype = np.float64 if case == "float64" else np.float32
     rng = np.random.default_rng(5)
     x = rng.normal(size=(6, 9)).astype(dtype)
@@ -132,13 +130,13 @@ def test_fused_path_falls_back_to_the_plain_route(monkeypatch, case):
 
 
 def test_mesimp_reference_counts_in_backward_only():
-    """A training forward without a backward moves neither hits nor the reference count."""
+    """A training forward without a backward moves neither hits nor the example count."""
     layer = make_layer(FAST, "top", False, True, 4, np.float32)
     x = Tensor(np.ones((5, 9), np.float32), requires_grad=False)
     layer.activate(Flow(), x)
-    assert layer.reference == 0 and not layer.hits.any()
+    assert layer.examples == 0 and not layer.hits.any()
     flow = Flow()
     y = layer.activate(flow, x)
     y.grad = np.ones(y.shape, np.float32)
     flow.backward()
-    assert layer.reference == 5 and layer.hits.sum() == 5 * 4
+    assert layer.examples == 5 and layer.hits.sum() == 5 * 4

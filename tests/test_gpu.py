@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 
 from nnmnist import ops
-from nnmnist.backend import gpu_available, to_numpy
-from nnmnist.compute import NumpyCompute, get_compute
+from nnmnist.backend import get_compute, gpu_available, to_numpy
+from nnmnist.compute import NumpyCompute
 from nnmnist.config import Config
 from nnmnist.errors import UserError
 from nnmnist.networks import MLP
 from nnmnist.optim import make_optimizer, optimizer_class
 from nnmnist.runlog import RunLog
+from nnmnist.select import Selection, TopK, UnifiedTopK
 from nnmnist.tensor import Flow, Tensor
 from nnmnist.train import train_and_evaluate
 
@@ -124,11 +125,9 @@ def test_mask_gradient(be):
 
 def test_meprop_matmul_with_all_k_is_the_exact_gradient(be):
     rng = np.random.default_rng(5)
-    for kind in ("rows", "cols"):
-        def build(b, f, x, W, kind=kind):
-            sel = (lambda g: ("rows", b.c.select_topk_rows(g, 5))) if kind == "rows" else \
-                  (lambda g: ("cols", b.c.select_topk_unified(g, 5)))
-            return ops.meprop_matmul(f, x, W, b.c, sel)
+    for rule in (TopK(5), UnifiedTopK(5)):
+        def build(b, f, x, W, rule=rule):
+            return ops.meprop_matmul(f, x, W, b.c, lambda g: rule(g, b.c, None))
         check_op_gradients(be, build, [rng.normal(size=(4, 6)), rng.normal(size=(5, 6))])
 
 
@@ -255,11 +254,11 @@ def test_record_hits_and_touched_rows(be):
     hits = be.put(hits0)
     be.c.record_hits(be.put(idx), hits)
     np.testing.assert_array_equal(get(hits), naive.record_hits(idx, hits0))
-    touched = get(be.c.touched_rows("rows", be.put(idx), 40))
+    touched = get(Selection(be.put(idx), 25).rows(be.c, 40))
     rows = np.flatnonzero(touched) if touched.dtype == np.bool_ else touched  # mask or list
     np.testing.assert_array_equal(rows, naive.rows_touched(idx))
     cols = be.put(np.array([3, 9, 17], np.int32))
-    np.testing.assert_array_equal(get(be.c.touched_rows("cols", cols, 40)), [3, 9, 17])
+    np.testing.assert_array_equal(get(Selection(cols, 25, unified=True).rows(be.c, 40)), [3, 9, 17])
 
 
 # -- optimizers: a few steps of each rule against the equations written out -------------------
@@ -330,7 +329,7 @@ def test_optimizer_rows(be, rule, form):
     chosen = np.array([[1, 4], [4, 8], [1, 8]], np.int32)
     listed = np.array([1, 4, 8], np.int32)
     rows = (be.put(listed) if form == "list"
-            else be.c.touched_rows("rows", be.put(chosen), shape[0]))
+            else Selection(be.put(chosen), 3).rows(be.c, shape[0]))
     W, G, S = be.put(W0), be.put(G0), [be.put(s) for s in S0]
     be.c.update_rows(rule_of(rule), W, G, S, rows, SCALARS[rule])
     # Expected: the equations written out, on the listed rows alone.
@@ -448,7 +447,7 @@ def test_minibatch_steps_never_wait_for_the_device(name):
             flow = Flow()
             model.forward(flow, x[rows[i:i + 25]], y[rows[i:i + 25]])
             flow.backward()
-            opt.step()
+            opt.step(flow.selections)
     minibatches(8)           # compile everything first
     compute.sync()
     spin = cp.RawKernel(SPIN, "nnmnist_test_spin")

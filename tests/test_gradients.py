@@ -7,6 +7,7 @@ from nnmnist import ops
 from nnmnist.compute import NumpyCompute
 from nnmnist.config import Config
 from nnmnist.networks import MLP
+from nnmnist.select import TopK, UnifiedTopK
 from nnmnist.tensor import Flow, Tensor
 
 C = NumpyCompute()
@@ -123,7 +124,7 @@ def test_meprop_matmul_matches_naive_reference(k):
     dy[1] = 0.0            # a row of zeros: ties everywhere
     dy[2, :4] = 0.25       # equal magnitudes
     dy[3, 2] = -dy[3, 5]   # equal magnitude, opposite sign
-    sel = lambda g: ("rows", C.select_topk_rows(g, k))
+    sel = lambda g: TopK(k)(g, C, None)
     flow = Flow()
     y = ops.meprop_matmul(flow, x, W, C, sel)
     y.grad = dy.copy()
@@ -136,7 +137,7 @@ def test_meprop_matmul_matches_naive_reference(k):
 def test_meprop_matmul_full_k_is_exact_gradient():
     rng = np.random.default_rng(7)
     x, W = leaf(rng.normal(size=(4, 6))), leaf(rng.normal(size=(5, 6)))
-    check_op(lambda f, a, b: ops.meprop_matmul(f, a, b, C, lambda g: ("rows", C.select_topk_rows(g, 5))), [x, W])
+    check_op(lambda f, a, b: ops.meprop_matmul(f, a, b, C, lambda g: TopK(5)(g, C, None)), [x, W])
 
 
 def test_unified_meprop_matches_column_masked_reference():
@@ -147,7 +148,7 @@ def test_unified_meprop_matches_column_masked_reference():
     score = np.abs(dy).sum(0)
     assert set(cols) == set(np.argsort(-score)[:4])
     flow = Flow()
-    y = ops.meprop_matmul(flow, x, W, C, lambda g: ("cols", C.select_topk_unified(g, 4)))
+    y = ops.meprop_matmul(flow, x, W, C, lambda g: UnifiedTopK(4)(g, C, None))
     y.grad = dy.copy()
     flow.backward()
     dys = np.zeros_like(dy)

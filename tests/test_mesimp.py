@@ -4,9 +4,10 @@ import pytest
 
 from nnmnist.compute import NumpyCompute
 from nnmnist.config import Config
-from nnmnist.layers import MaskedDense, Selector
+from nnmnist.layers import MaskedDense
 from nnmnist.networks import MLP
 from nnmnist.runlog import RunLog
+from nnmnist.select import TopK
 from nnmnist.tensor import Flow, Tensor
 from nnmnist.train import train_and_evaluate
 
@@ -14,8 +15,7 @@ C = NumpyCompute()
 
 
 def masked_layer(n_out=5, k=2):
-    sel = Selector("top", k, False, C, None)
-    return MaskedDense(3, n_out, np.random.default_rng(0), C, sel)
+    return MaskedDense(3, n_out, np.random.default_rng(0), C, TopK(k))
 
 
 def backward_with(layer, dy):
@@ -31,18 +31,18 @@ def test_record_counts_each_examples_topk():
                    [0, 3, 0, -9, 1],
                    [1, 1, 1, 1, 1]])  # all equal: ties go to the lower columns
     backward_with(layer, dy)
-    assert layer.reference == 3
+    assert layer.examples == 3
     np.testing.assert_array_equal(layer.hits, [2, 2, 1, 1, 0])
 
 
 def test_prune_floor_threshold_and_reset():
     layer = masked_layer()
-    layer.reference = 19
+    layer.examples = 19
     layer.hits[:] = [2, 1, 5, 0, 1]
     layer.prune(0.1)              # threshold = floor(1.9) = 1: hits < 1 go
     np.testing.assert_array_equal(layer.active, [True, True, True, False, True])
-    assert layer.reference == 0 and np.all(layer.hits == 0)
-    layer.reference = 20
+    assert layer.examples == 0 and np.all(layer.hits == 0)
+    layer.examples = 20
     layer.hits[:] = [2, 1, 5, 9, 1]
     layer.prune(0.1)              # threshold = 2; neuron 3 had 9 hits but never returns
     np.testing.assert_array_equal(layer.active, [True, False, True, False, False])
@@ -73,10 +73,11 @@ def test_dims_string():
     np.testing.assert_array_equal(model.masked_layers[0].mask, [0, 0, 0, 1, 1, 1])
 
 
-def expected_prune_epochs(max_epoch, cycle):
-    """SPEC §6 written out: prune after every part of the epochs e with (e // c) even (a
-    simplify cycle); Prepare is a separate rule, (e + 1) % c == 0."""
-    return [e for e in range(max_epoch) if (e // cycle) % 2 == 0]
+# The meSimp schedule over 6 epochs, written out by hand: a cycle of `c` epochs simplifies
+# (prunes after every part), the next trains normally, and so on; Prepare comes after every
+# part of the last epoch of each cycle, counted from the first epoch.
+PRUNE_EPOCHS = {1: [0, 2, 4], 2: [0, 1, 4, 5], 3: [0, 1, 2]}
+PREPARE_EPOCHS = {1: [0, 1, 2, 3, 4, 5], 2: [1, 3, 5], 3: [2, 5]}
 
 
 @pytest.mark.parametrize("cycle", [1, 2, 3])
@@ -103,11 +104,10 @@ def test_cycle_logic_over_several_epochs(tiny_splits, cycle):
             epoch_part = (int(line[:2]), int(line[3:5]))
         if line.startswith("Dims: "):
             dims_at.append(epoch_part)
-    want = [(e, p) for e in expected_prune_epochs(6, cycle) for p in range(2)]
+    want = [(e, p) for e in PRUNE_EPOCHS[cycle] for p in range(2)]
     assert dims_at == want
-    # Prepare: once at the start, then after every part of epochs with (e+1) % c == 0.
-    n_cycle_epochs = sum(1 for e in range(6) if (e + 1) % cycle == 0)
-    assert len(prepares) == 1 + 2 * n_cycle_epochs
+    # Prepare: once at the start, then after every part of the cycles' last epochs.
+    assert len(prepares) == 1 + 2 * len(PREPARE_EPOCHS[cycle])
     # Active counts never grow.
     counts = [[int(d.split("(")[0]) for d in line[6:].split(", ")[:-1]]
               for line in log.lines if line.startswith("Dims: ")]

@@ -7,6 +7,7 @@ import pytest
 from nnmnist.compute import NumbaCompute, NumpyCompute
 from nnmnist.config import Config
 from nnmnist.errors import UserError
+from nnmnist.select import Selection
 from nnmnist.optim import RULES, SGD, AdaGrad, Adam, RMSProp, make_optimizer, optimizer_class
 from nnmnist.tensor import Tensor
 
@@ -154,8 +155,7 @@ def test_lazy_update_touches_only_listed_rows(opt_type):
     before = p.value.copy()
     opt = make_optimizer(cfg, [p], C, 100)
     p.grad[...] = grads(7, p.shape, 1)[0]
-    p.touched = ("cols", np.array([1, 4], dtype=np.int32))
-    opt.step()
+    opt.step({p: Selection(np.array([1, 4], dtype=np.int32), 3, unified=True)})
     changed = np.any(p.value != before, axis=1)
     assert list(np.flatnonzero(changed)) == [1, 4]
     assert np.all(p.grad[[1, 4]] == 0) and np.all(p.grad[[0, 2, 3, 5]] != 0)
@@ -227,8 +227,7 @@ def test_numba_rule_equals_numpy_rule(opt_type, lazy):
         opt = make_optimizer(cfg, [p], compute, 100)
         for g in grads(11, p.shape, 4):
             p.grad[...] = g
-            p.touched = ("cols", np.array([0, 2, 5], np.int32))
-            opt.step()
+            opt.step({p: Selection(np.array([0, 2, 5], np.int32), 4, unified=True)})
         finals.append((p.value.copy(), {k: v.copy() for k, v in p.state.items()}))
     np.testing.assert_allclose(finals[0][0], finals[1][0], rtol=1e-6, atol=1e-7)
     for name in finals[0][1]:

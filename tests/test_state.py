@@ -31,7 +31,7 @@ def train(model, opt, data):
         flow = Flow()
         model.forward(flow, x, y)
         flow.backward()
-        opt.step()
+        opt.step(flow.selections)
 
 
 def test_the_model_owns_one_flat_store_and_the_optimizer_keeps_it():

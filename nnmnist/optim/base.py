@@ -111,7 +111,7 @@ class Optimizer:
 
     def _state_views(self):
         """Per-parameter views of the state buffers, rebuilt when the store's layout changed."""
-        layout = (id(self.store.value),) + tuple(id(b) for b in self.state.flat.values())
+        layout = self.store.layout
         if layout != self._layout:
             views = {name: self.state.views(name) for name in self.state_names}
             self._views = [{name: views[name][i] for name in self.state_names}
@@ -125,8 +125,13 @@ class Optimizer:
         """Reset every parameter's state to zeros ("Prepare"); the step counter is kept."""
         self.state.fill(0)
 
-    def step(self):
-        """Advance the step counter, then update each parameter and zero its gradient."""
+    def step(self, selections=None):
+        """Advance the step counter, then update each parameter and zero its gradient.
+
+        `selections` ({weight Tensor: Selection}, as `Flow.selections` collects them) tells a
+        lazy optimizer which rows of a weight received gradient; without one a parameter gets
+        the dense update. A dense optimizer ignores it.
+        """
         self.t += 1
         self._begin_step()
         views = self._state_views()
@@ -135,16 +140,15 @@ class Optimizer:
             store = self.store  # one fused pass over every parameter
             c.update(rule, store.value, store.grad, list(self.state.flat.values()), scalars)
         else:
+            selections = selections or {}
             for p, state in zip(self.store.params, views):
                 states = [state[name] for name in rule.state]
-                if p.touched is None:
+                selection = selections.get(p)
+                if selection is None:
                     c.update(rule, p.value, p.grad, states, scalars)
                 else:
-                    kind, chosen = p.touched
-                    rows = c.touched_rows(kind, chosen, p.shape[0])
+                    rows = selection.rows(c, p.shape[0])
                     c.update_rows(rule, p.value, p.grad, states, rows, scalars)
-        for p in self.store.params:
-            p.touched = None
 
     def _begin_step(self):
         """Per-step values (learning-rate schedules, bias corrections)."""
