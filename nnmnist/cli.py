@@ -103,7 +103,10 @@ def run(args, log_dir_default):
         log = open_run_log(log_dir, cfg.run_name(), console=console)
     except OSError as exc:
         raise UserError(f"cannot write a log in {log_dir}: {fsio.os_reason(exc)}") from None
-    with log:
+    import numpy as np
+    # A diverging run is stopped with its own message (train.Trainer.check_divergence), so
+    # NumPy's overflow warnings on the way there would only bury it.
+    with log, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         trainer.train(log)
         if console:
             print(f"log written to {log.path}", file=sys.stderr)
