@@ -196,15 +196,22 @@ def file_kind(path):
     return "not a regular file"
 
 
+MAX_JSON_BYTES = 64 << 20  # a config, spec or results file is far smaller than this
+
+
 def read_json(path, what):
     """The parsed content of a JSON file (a UTF-8 BOM is allowed); every problem is one line
-    naming the file: missing, not a regular file, unreadable, not UTF-8, invalid JSON."""
+    naming the file: missing, a folder, over MAX_JSON_BYTES (a link to /dev/zero), unreadable,
+    not UTF-8, invalid JSON. A pipe is read (`run.py <(make-config)`)."""
     path = Path(path)
-    kind = file_kind(path)
-    if kind is not None:
-        raise UserError(f"{path}: is {kind}, not a {what}")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not a {what}")
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_JSON_BYTES + 1)
+        if len(raw) > MAX_JSON_BYTES:
+            raise UserError(f"{path}: more than {MAX_JSON_BYTES >> 20} MB; not a {what}")
+        text = raw.decode("utf-8-sig")
     except FileNotFoundError:
         raise UserError(f"{path}: {what} not found") from None
     except UnicodeDecodeError as exc:

@@ -358,12 +358,14 @@ class SweepLock:
                 os.close(self.fd)
                 self.fd = None
             raise fsio.WriteError(self.path, exc) from None
-        SweepLock._held.append(self.fd)
+        if fcntl is not None:  # only a flock is shared through inherited descriptors
+            SweepLock._held.append(self.fd)
         return self
 
     def release(self):
         if self.fd is not None:
-            SweepLock._held.remove(self.fd)
+            if self.fd in SweepLock._held:
+                SweepLock._held.remove(self.fd)
             os.close(self.fd)  # the file stays: unlinking it under a live run would void its lock
             self.fd = None
 

@@ -458,6 +458,21 @@ def test_duplicate_config_keys_are_an_error(tmp_path, capsys, text, key):
     assert rc == 2 and key in err and "twice" in err
 
 
+def test_config_from_a_device_or_a_pipe(tmp_path, base, capsys):
+    zero = tmp_path / "zero.json"
+    zero.symlink_to("/dev/zero")
+    rc, _, err = run_cli(capsys, zero, log_dir=tmp_path)
+    assert rc == 2 and err == f"error: {zero}: more than 64 MB; not a config file\n"
+    read, write = os.pipe()
+    os.write(write, json.dumps({**TINY, "DataDir": str(tmp_path / "data")}).encode())
+    os.close(write)
+    try:
+        rc, _, err = run_cli(capsys, f"/dev/fd/{read}", log_dir=tmp_path)
+    finally:
+        os.close(read)
+    assert rc == 0, err
+
+
 def test_duplicate_spec_keys_are_an_error(tmp_path, base, capsys):
     spec = tmp_path / "spec.json"
     spec.write_text('{"grid": {"RandomSeed": [1]}, "grid": {"RandomSeed": [2]}}')
