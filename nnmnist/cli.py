@@ -31,7 +31,7 @@ def build_parser():
         description="Train an MLP on MNIST with backprop (mlp), meProp (mlptop, mlprand) or "
                     "meSimp (mlpvar), as the config's NetType says. The log is written beside "
                     "run.py as {run name}-log-{timestamp}.txt.")
-    p.add_argument("config", nargs="?", default=str(PROJECT_DIR / "configs" / "default.json"),
+    p.add_argument("config", nargs="?", default=None,
                    help="JSON config with the original's PascalCase fields (default: configs/default.json)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
                    help="override a config field, e.g. --set MaxEpoch=1 --set NetType=mlptop")
@@ -40,6 +40,9 @@ def build_parser():
     p.add_argument("--offline", action="store_true",
                    help="never download MNIST; a missing data file is an error")
     p.add_argument("--quiet", action="store_true", help="no console output (the log file is still written)")
+    p.add_argument("--resume", metavar="CKPT",
+                   help="continue the run of a .ckpt.npz checkpoint to MaxEpoch, appending to its "
+                        "log (--set may change fields that keep the network's shape, e.g. MaxEpoch)")
     return p
 
 
@@ -74,6 +77,10 @@ def run(args, log_dir_default):
     overrides = dict(parse_override(t) for t in args.overrides)
     if args.backend:
         overrides["Backend"] = args.backend
+    if args.resume:
+        from .resume import resume_run
+        return resume_run(args, overrides)
+    args.config = args.config or str(PROJECT_DIR / "configs" / "default.json")
     cfg = config_mod.load(args.config, overrides)
     # Imported here so that `--help` and config errors stay fast.
     from .backend import get_xp
@@ -103,6 +110,9 @@ def run(args, log_dir_default):
         log = open_run_log(log_dir, cfg.run_name(), console=console)
     except OSError as exc:
         raise UserError(f"cannot write a log in {log_dir}: {fsio.os_reason(exc)}") from None
+    from .checkpoint import best_path, checkpoint_path
+    trainer.checkpoint_file, trainer.best_file = checkpoint_path(log.path), best_path(log.path)
+    trainer.config_dir = str(Path(args.config).resolve().parent)
     import numpy as np
     # A diverging run is stopped with its own message (train.Trainer.check_divergence), so
     # NumPy's overflow warnings on the way there would only bury it.

@@ -51,6 +51,7 @@ class Config:
     Threads: int = 1             # Numba and BLAS threads; 0 = the libraries' defaults (all cores)
     DataDir: str = ""            # where bare data-file names are looked up ("" = data/ beside run.py)
     LogDir: str = ""             # where the log is written ("" = beside run.py)
+    Compact: bool = True         # mlpvar: remove pruned neurons (False: keep them, masked)
     AllowDivergence: bool = False  # keep training when the training loss is NaN, infinite or huge
 
     @property

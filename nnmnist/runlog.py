@@ -51,7 +51,7 @@ class RunLog:
     (one line naming the file); after it the files are left as they are and no longer written.
     """
 
-    def __init__(self, path=None, console=True):
+    def __init__(self, path=None, console=True, append=False):
         self.path = Path(path) if path else None
         self.console = console
         self._file = self._metrics = None  # file descriptors, opened for appending
@@ -59,12 +59,16 @@ class RunLog:
         self.metrics_path = metrics_path(self.path) if self.path else None
         if self.path:
             flags = os.O_WRONLY | os.O_APPEND
-            self._file = fsio.create_new(self.path, flags)
+            # a resumed run appends to its files; a new run creates them (they must not exist)
+            open_fd = (lambda p: os.open(p, flags | os.O_CREAT, 0o666)) if append else \
+                (lambda p: fsio.create_new(p, flags))
+            self._file = open_fd(self.path)
             try:
-                self._metrics = fsio.create_new(self.metrics_path, flags)
+                self._metrics = open_fd(self.metrics_path)
             except OSError:
                 os.close(self._file)
-                self.path.unlink()
+                if not append:
+                    self.path.unlink()
                 raise
         self.lines = []
         self.records = []

@@ -5,11 +5,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .compact import compact
 from .compute import get_compute
 from .errors import RunError, UserError, interrupt_name
 from .networks import MLP
 from .optim import make_optimizer
 from .runlog import RunLog
+from .state import Position, capture, network_arrays, network_meta, restore
 from .tensor import Flow
 
 RULE = "#" * 20
@@ -117,6 +119,11 @@ class Trainer:
         self.opt = make_optimizer(cfg, self.model.params, self.compute, len(splits.trn_y))
         self.order = np.arange(len(splits.trn_y))
         self.result = Result(param_count=self.model.param_count)
+        self.position = None          # where a resumed run continues (state.Position)
+        self.checkpoint_file = None   # where to keep the checkpoint (None: keep none)
+        self.best_file = None         # where to keep the best-dev model (None: keep none)
+        self.config_dir = None        # the config's folder, stored so a resume finds the data
+        self._snapshot = self._best = None
         self.at = None  # "epoch E part P" while training
 
     def train(self, log):
@@ -135,6 +142,48 @@ class Trainer:
         log(f"{RULE} Run End")
         return result
 
+    def resume(self, log, model_file):
+        """Continue a checkpoint's run to MaxEpoch, appending to its log; return the Result."""
+        self.position = restore(self, model_file)
+        self.log = log
+        self.compute.warmup()
+        p = self.position
+        log.record({"type": "resume", "run_name": self.cfg.run_name(), "seed": self.seed,
+                    "epoch": p.epoch, "part": p.part})
+        log(f"{RULE} Run Resume at {p.epoch:02d}:{p.part:02d}")
+        try:
+            result = self.run()
+        except KeyboardInterrupt as exc:  # as in `train`: the log says where it stopped
+            self.mark_stop("interrupted", f"interrupted by {interrupt_name(exc)} "
+                                          f"during {self.at or 'the start'}")
+            raise
+        log(f"{RULE} Run End")
+        return result
+
+    def keep(self, epoch, part, timer, total):
+        """Remember the state at a part boundary (the next part is `part` of `epoch`)."""
+        if self.checkpoint_file is None:
+            return
+        t = lambda x: [x.fp, x.bp, x.update]  # noqa: E731
+        self._snapshot = capture(self, Position(epoch, part, t(timer), t(total)))
+
+    def keep_best(self):
+        if self.best_file is not None:
+            self._best = ({"network": network_meta(self.model)}, network_arrays(self.model))
+
+    def write_files(self):
+        """Write the remembered checkpoint and, if it changed, the best-dev model."""
+        from .checkpoint import config_meta, save
+        from .fsio import os_reason
+        files = [(self.checkpoint_file, "checkpoint", self._snapshot), (self.best_file, "best", self._best)]
+        for path, kind, kept in files:
+            if kept is None:
+                continue
+            try:
+                save(path, kind, {**config_meta(self.cfg), **kept[0]}, kept[1])
+            except OSError as exc:
+                raise RunError(f"{path}: cannot write the {kind} file ({os_reason(exc)})") from None
+        self._best = None
     def mark_stop(self, why, reason):
         """Note in the log and the metrics that the run stopped early, and why. A log that can
         no longer be written (the disk that stopped the run) is left as it is."""
@@ -195,13 +244,27 @@ class Trainer:
         return Score(loss / max(n_batches, 1), correct, len(idx), clock() - start)
 
     def run(self):
-        """The whole run, logging as the original does; returns a Result."""
+        """The whole run, logging as the original does; returns a Result. On an interrupt the
+        state at the last part boundary is written, so only the part in progress is lost."""
+        try:
+            return self._run()
+        except KeyboardInterrupt:
+            self.write_files()
+            raise
+
+    def _run(self):
         cfg, log, res = self.cfg, self.log, self.result
-        total = Timer()
-        for epoch in range(cfg.MaxEpoch):
-            self.data_rng.shuffle(self.order)
-            timer = Timer()
+        pos = self.position or Position()
+        total = Timer(*pos.total_time)
+        self.keep(pos.epoch, pos.part, Timer(*pos.epoch_time), total)
+        for epoch in range(pos.epoch, cfg.MaxEpoch):
+            resumed = epoch == pos.epoch and pos.part > 0  # keeps the order it was shuffled into
+            if not resumed:
+                self.data_rng.shuffle(self.order)
+            timer = Timer(*pos.epoch_time) if resumed else Timer()
             for part, (start, size) in enumerate(part_bounds(len(self.order), cfg.IterPerEpoch)):
+                if resumed and part < pos.part:
+                    continue
                 tag = f"{epoch:02d}:{part:02d}"
                 self.at = f"epoch {epoch} part {part}"
                 part_timer = Timer()
@@ -218,6 +281,7 @@ class Trainer:
                     res.best_dev, res.test_at_best = dev.acc, tst.acc
                     log(f"\t tst: {tst.line()}")
                     log(f"$ {res.best_dev:.2f} | {res.test_at_best:.2f}")
+                    self.keep_best()
                 pruned = False
                 if cfg.NetType == "mlpvar":
                     # Two separate rules: Prepare at the end of every cycle; prune after every
@@ -226,14 +290,19 @@ class Trainer:
                         self.opt.prepare()
                     if (epoch // cfg.TrainCycle) % 2 == 0:
                         self.model.prune(cfg.Prune)
+                        if cfg.Compact:
+                            compact(self.model, self.opt)
                         pruned = True
                         log(f"Dims: {self.model.dims()}")
                 record = part_record(epoch, part, trn, dev, tst, res, part_timer, self.model, pruned)
                 res.parts.append(record)
                 log.record(record)
+                self.keep(epoch, part + 1, timer, total)
             log(f"Time: fp: {timer.fp:.2f}s, bp: {timer.bp:.2f}s, update: {timer.update:.2f}s")
             res.epoch_times.append(timer)
             total.add(timer)
+            self.keep(epoch + 1, 0, Timer(), total)
+            self.write_files()
         n = cfg.MaxEpoch
         log(f"AvgTime: fp: {total.fp / n:.2f}s, bp: {total.bp / n:.2f}s, update:{total.update / n:.2f}s")
         res.total = total
