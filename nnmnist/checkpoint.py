@@ -12,8 +12,6 @@ of file and the run's config. Three kinds share the format:
 - `export`: an inference-only network with pruned neurons removed (`nnmnist.export`).
 """
 import json
-import os
-import tempfile
 import zipfile
 import zlib
 from dataclasses import asdict, fields
@@ -21,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import fsio
 from .errors import UserError
 
 FORMAT = "nnmnist-model"
@@ -64,27 +63,8 @@ def save(path, kind, meta, arrays):
     meta = {"format": FORMAT, "version": VERSION, "kind": kind, **meta}
     payload = {name: np.ascontiguousarray(to_host(a)) for name, a in arrays.items()}
     payload["meta"] = np.array(json.dumps(meta))
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    with fsio.atomic_writer(path) as f:  # mode from the umask; a failure is a WriteError
+        np.savez(f, **payload)
     return path
 
 

@@ -7,13 +7,12 @@ goes to standard output.
 """
 import argparse
 import io
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from . import fsio
 from .errors import UserError, report_errors
 
 
@@ -42,16 +41,7 @@ def write_text_atomic(path, text):
     path = Path(path)
     if not path.parent.is_dir():
         raise UserError(f"{path}: folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    fsio.atomic_write(path, text)  # mode from the umask; a failure is a one-line WriteError
 
 
 def predict_file(model_path, images_path, output=None):
