@@ -12,7 +12,6 @@ of file and the run's config. Three kinds share the format:
 - `export`: an inference-only network with pruned neurons removed (`nnmnist.export`).
 """
 import json
-import os
 import zipfile
 import zlib
 from dataclasses import asdict, fields
@@ -64,21 +63,8 @@ def save(path, kind, meta, arrays):
     meta = {"format": FORMAT, "version": VERSION, "kind": kind, **meta}
     payload = {name: to_host(a) for name, a in arrays.items()}  # 0-d arrays stay 0-d
     payload["meta"] = np.array(json.dumps(meta))
-    # the temporary file is hidden, in the same folder, with a mode that follows the umask
-    with fsio.temp_path(path.parent, ".tmp", f".{path.name}.") as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    with fsio.atomic_writer(path) as f:  # mode from the umask; a failure is a WriteError
+        np.savez(f, **payload)
     return path
 
 

@@ -113,7 +113,10 @@ def run(args, log_dir_default):
     from .checkpoint import best_path, checkpoint_path
     trainer.checkpoint_file, trainer.best_file = checkpoint_path(log.path), best_path(log.path)
     trainer.config_dir = str(Path(args.config).resolve().parent)
-    with log:
+    import numpy as np
+    # A diverging run is stopped with its own message (train.Trainer.check_divergence), so
+    # NumPy's overflow warnings on the way there would only bury it.
+    with log, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         trainer.train(log)
         if console:
             print(f"log written to {log.path}", file=sys.stderr)

@@ -20,12 +20,16 @@ from .errors import RunError, UserError
 SHOWN_CHARS = 80  # a value quoted in an error message is cut to about this many characters
 
 
-class WriteError(RunError):
-    """A file could not be written (a full disk, a read-only folder, ...)."""
+class WriteError(RunError, OSError):
+    """A file could not be written (a full disk, a read-only folder, ...): a one-line run error
+    for the user, and still an OSError (with errno and strerror) for code that handles those."""
 
     def __init__(self, path, exc):
+        OSError.__init__(self, getattr(exc, "errno", None), os_reason(exc), str(path))
         self.path, self.reason = Path(path), os_reason(exc)
-        super().__init__(f"cannot write {self.path}: {self.reason}")
+
+    def __str__(self):
+        return f"cannot write {self.path}: {self.reason}"
 
 
 def os_reason(exc):
@@ -101,28 +105,34 @@ def temp_path(folder, suffix=".tmp", prefix=".nnmnist-"):
         path.unlink(missing_ok=True)
 
 
-def atomic_write(path, data, encoding="utf-8"):
-    """Replace `path` with `data` (bytes or str) so that it is never seen half-written.
+@contextlib.contextmanager
+def atomic_writer(path):
+    """A binary file to write `path`'s new content into; on leaving the block it replaces
+    `path` whole, or (on any error) not at all.
 
     The data goes to a temp file in the same folder, is flushed to disk (fsync) and renamed over
     `path`; on any failure the temp file is removed and `path` keeps its previous content. A new
-    file's mode follows the umask. Raises WriteError naming `path`.
+    file's mode follows the umask. An OSError becomes WriteError naming `path`.
     """
     path = Path(path)
-    if isinstance(data, str):
-        data = data.encode(encoding)
     try:
         with temp_path(path.parent, ".tmp", f".{path.name}.") as tmp:
-            fd = os.open(tmp, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
-            try:
-                write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            with open(tmp, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, path)
     except OSError as exc:
         raise WriteError(path, exc) from None
     _sync_folder(path.parent)
+
+
+def atomic_write(path, data, encoding="utf-8"):
+    """Replace `path` with `data` (bytes, or str written in `encoding`) as atomic_writer does."""
+    if isinstance(data, str):
+        data = data.encode(encoding)
+    with atomic_writer(path) as f:
+        write_all(f.fileno(), data)  # unbuffered: nothing is waiting in f's buffer
 
 
 def _sync_folder(folder):
@@ -196,15 +206,22 @@ def file_kind(path):
     return "not a regular file"
 
 
+MAX_JSON_BYTES = 64 << 20  # a config, spec or results file is far smaller than this
+
+
 def read_json(path, what):
     """The parsed content of a JSON file (a UTF-8 BOM is allowed); every problem is one line
-    naming the file: missing, not a regular file, unreadable, not UTF-8, invalid JSON."""
+    naming the file: missing, a folder, over MAX_JSON_BYTES (a link to /dev/zero), unreadable,
+    not UTF-8, invalid JSON. A pipe is read (`run.py <(make-config)`)."""
     path = Path(path)
-    kind = file_kind(path)
-    if kind is not None:
-        raise UserError(f"{path}: is {kind}, not a {what}")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not a {what}")
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_JSON_BYTES + 1)
+        if len(raw) > MAX_JSON_BYTES:
+            raise UserError(f"{path}: more than {MAX_JSON_BYTES >> 20} MB; not a {what}")
+        text = raw.decode("utf-8-sig")
     except FileNotFoundError:
         raise UserError(f"{path}: {what} not found") from None
     except UnicodeDecodeError as exc:

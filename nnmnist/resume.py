@@ -38,7 +38,9 @@ def resume_run(args, overrides):
     from .train import Trainer
     resolve_backend(cfg.Backend)
     if cfg.Backend != "gpu":
+        from .cli import capped_threads
         from .kernels import set_num_threads
+        cfg.Threads = capped_threads(cfg.Threads, args.resume)
         set_num_threads(cfg.Threads)
     console = not args.quiet
     config_dir = train.get("config_dir")
@@ -56,7 +58,8 @@ def resume_run(args, overrides):
         log = RunLog(log_file, console=console, append=True)
     except OSError as exc:
         raise UserError(f"cannot append to the log {log_file}: {exc.strerror}") from None
-    with log:
+    import numpy as np
+    with log, np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # as cli.run
         trainer.resume(log, mf)
         if console:
             print(f"log written to {log.path}", file=sys.stderr)

@@ -30,6 +30,7 @@ workers share (or must copy each run folder back), since resuming looks for the 
 """
 import argparse
 import concurrent.futures as cf
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -289,14 +290,18 @@ def execute_run(task, on_start=None):
         if on_start is not None:
             on_start(proc)
         returncode = proc.wait()
-    seconds = time.monotonic() - start
+    return collect_outcome(task.run_id, run_dir, returncode, time.monotonic() - start)
+
+
+def collect_outcome(run_id, run_dir, returncode, seconds):
+    """The RunOutcome of a run whose files are in run_dir (however they got there)."""
     summary, log_file = find_summary(run_dir)
     error = None
     if returncode != 0:
-        error = last_line(run_dir / "stderr.txt") or f"exit status {returncode}"
+        error = last_line(Path(run_dir) / "stderr.txt") or f"exit status {returncode}"
     elif summary is None:
         error = "the run ended without a summary record"
-    return RunOutcome(task.run_id, returncode, seconds, summary, log_file, error)
+    return RunOutcome(run_id, returncode, seconds, summary, log_file, error)
 
 
 STDERR_RESERVE = 16384  # bytes of disk set aside for each run's stderr.txt
@@ -358,12 +363,14 @@ class SweepLock:
                 os.close(self.fd)
                 self.fd = None
             raise fsio.WriteError(self.path, exc) from None
-        SweepLock._held.append(self.fd)
+        if fcntl is not None:  # only a flock is shared through inherited descriptors
+            SweepLock._held.append(self.fd)
         return self
 
     def release(self):
         if self.fd is not None:
-            SweepLock._held.remove(self.fd)
+            if self.fd in SweepLock._held:
+                SweepLock._held.remove(self.fd)
             os.close(self.fd)  # the file stays: unlinking it under a live run would void its lock
             self.fd = None
 
@@ -380,10 +387,15 @@ class Executor:
     """Where runs execute. `submit(task)` returns a concurrent.futures.Future of a RunOutcome;
     `shutdown(cancel)` waits for (or, with cancel=True, stops) what was submitted.
 
-    The local pool below is the default. A multi-machine backend on an existing distributed
-    engine (Ray, Dask) implements the same two methods around `execute_run`; see the module
-    docstring.
+    The local pool below is the default; `nnmnist.cluster.DaskExecutor` runs them on a Dask
+    cluster. `runs_here` says whether the runs read MNIST on this machine (then the driver
+    fetches it once before they start); `describe()` is how the sweep's first line says where
+    the runs go (None: "N at a time").
     """
+    runs_here = True
+
+    def describe(self):
+        return None
 
     def submit(self, task):
         raise NotImplementedError
@@ -497,6 +509,19 @@ def write_results(plan, rows):
 
 # ---------------------------------------------------------------- the driver
 
+def _progress_bar(total, done, echo):
+    """A bar of runs done/total on stderr (hidden when it is not a terminal), and an echo that
+    prints its lines around it."""
+    from tqdm import tqdm
+    bar = tqdm(total=total, initial=done, desc="sweep", unit="run", file=sys.stderr,
+               dynamic_ncols=True, disable=None)
+
+    def echo_around(line):
+        with tqdm.external_write_mode(file=sys.stdout):
+            echo(line)
+    return bar, echo_around
+
+
 def _stale_field(task, summary):
     """The first field whose finished value differs from what the spec now asks, or None."""
     done = summary.get("config") or {}
@@ -553,17 +578,21 @@ def _refuse_other_results(plan):
                         "use another --out")
 
 
-def run_sweep(plan, jobs, executor=None, dry_run=False, offline=False, echo=print):
+def run_sweep(plan, jobs, executor=None, dry_run=False, offline=False, echo=print,
+              make_executor=None, progress=False):
     """Skip finished runs, run the rest, rewrite the results after each; return the exit status.
-    OUT is locked (SweepLock) while the sweep and its runs are alive."""
-    if dry_run:
-        return _run_sweep(plan, jobs, executor, dry_run, offline, echo)
-    plan.out.mkdir(parents=True, exist_ok=True)
-    with SweepLock(plan.out):
-        return _run_sweep(plan, jobs, executor, dry_run, offline, echo)
+
+    The runs go to `executor`, else to `make_executor()` (called only when there is something
+    to run), else to a LocalPoolExecutor of `jobs`. `progress` shows a bar of runs done/total
+    on stderr when it is a terminal. OUT is locked (SweepLock) from before its first file is
+    written until the sweep ends; local runs share the lock.
+    """
+    with contextlib.ExitStack() as lock:
+        return _run_sweep(plan, jobs, executor, dry_run, offline, echo, make_executor, progress,
+                          lock)
 
 
-def _run_sweep(plan, jobs, executor, dry_run, offline, echo):
+def _run_sweep(plan, jobs, executor, dry_run, offline, echo, make_executor, progress, lock):
     _refuse_other_results(plan)
     rows, todo = {}, []
     for t in plan.tasks:
@@ -586,19 +615,30 @@ def _run_sweep(plan, jobs, executor, dry_run, offline, echo):
         echo(f"{len(plan.tasks)} runs: {done_before} done, {len(todo)} to run ({jobs} at a time); "
              f"results in {plan.out}")
         return 0
+    if todo and executor is None:  # first, so that a cluster that cannot be reached writes nothing
+        executor = make_executor() if make_executor else LocalPoolExecutor(jobs)
     plan.out.mkdir(parents=True, exist_ok=True)
+    try:
+        lock.enter_context(SweepLock(plan.out))
+    except UserError:
+        if executor is not None:
+            executor.shutdown(cancel=True)
+        raise
     (plan.out / "runs").mkdir(exist_ok=True)
 
     def save():
         write_results(plan, [rows[t.run_id] for t in plan.tasks])
     save()
+    where = (executor.describe() if executor is not None else None) or f"{jobs} at a time"
     echo(f"sweep: {len(plan.tasks)} runs, {done_before} already done, {len(todo)} to run "
-         f"({jobs} at a time); results in {plan.out}")
+         f"({where}); results in {plan.out}")
     if not todo:
         return 0
-    if jobs > 1:
+    if jobs > 1 and executor.runs_here:
         _prefetch(todo, plan.base.parent, offline)
-    executor = executor or LocalPoolExecutor(jobs)
+    bar = None
+    if progress:
+        bar, echo = _progress_bar(len(plan.tasks), done_before, echo)
     failed, finished = 0, 0
     futures = {}
     try:
@@ -621,14 +661,19 @@ def _run_sweep(plan, jobs, executor, dry_run, offline, echo):
                 rows[t.run_id] = result_row(t, "failed", plan.out, outcome=outcome)
                 echo(f"{tag} FAILED  {t.run_id}: {outcome.error} (see {Path(t.run_dir) / 'stderr.txt'})")
             save()
+            if bar is not None:
+                bar.update(1)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (errors.Terminated)
         executor.shutdown(cancel=True)
         save()
         echo("interrupted; run the same command again to resume")
         return TERMINATE_STATUS if isinstance(exc, Terminated) else INTERRUPT_STATUS
-    except UserError:  # the results could not be written (a full disk): stop the runs too
+    except BaseException:  # results that cannot be written (a full disk), ...: stop the runs too
         executor.shutdown(cancel=True)
         raise
+    finally:
+        if bar is not None:
+            bar.close()
     executor.shutdown()
     ok = len(plan.tasks) - sum(r["status"] != "done" for r in rows.values())
     echo(f"sweep: {ok} of {len(plan.tasks)} runs done, {failed} failed; results in "
@@ -724,7 +769,17 @@ def build_parser():
     p.add_argument("spec", help="sweep spec (JSON: base, set, grid, runs; see docs/SWEEPS.md)")
     p.add_argument("--out", help="output folder (default: sweeps/<spec name>)")
     p.add_argument("--jobs", type=int, default=None,
-                   help=f"runs at a time (default: half the cores, here {default_jobs()})")
+                   help=f"runs at a time (default: half the cores, here {default_jobs()}); with "
+                        "--executor dask and no --scheduler, the local cluster's worker processes")
+    p.add_argument("--executor", choices=("local", "dask"), default="local",
+                   help="local: subprocesses of this machine (default); dask: tasks on a Dask "
+                        "cluster (needs the cluster extra, see docs/SWEEPS.md)")
+    p.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                   help="with --executor dask: the scheduler to use (default: start a local "
+                        "cluster of --jobs workers on 127.0.0.1)")
+    p.add_argument("--retries", type=int, default=None,
+                   help="with --executor dask: how many times a run whose worker died is started "
+                        "again on another worker (default 2)")
     p.add_argument("--offline", action="store_true", help="pass --offline to every run (never download MNIST)")
     p.add_argument("--dry-run", action="store_true", help="validate and list the runs; launch nothing")
     return p
@@ -750,10 +805,41 @@ def _main(argv):
     jobs = default_jobs() if args.jobs is None else args.jobs
     if jobs < 1:
         raise UserError(f"--jobs {jobs}: must be at least 1")
+    dask_executor = _dask_options(args)
     plan = build_plan(args.spec, args.out, offline=args.offline)
+
+    def echo(line):
+        print(line, flush=True)
+
+    def make_executor():
+        return dask_executor(plan, jobs, echo)
     # SIGTERM stops the sweep as Ctrl-C does (report_errors raises it as errors.Terminated).
-    return run_sweep(plan, jobs, dry_run=args.dry_run, offline=args.offline,
-                     echo=lambda line: print(line, flush=True))
+    return run_sweep(plan, jobs, dry_run=args.dry_run, offline=args.offline, echo=echo,
+                     make_executor=make_executor if dask_executor else None,
+                     progress=dask_executor is not None)
+
+
+def _dask_options(args):
+    """Check the Dask flags; return a function (plan, jobs, echo) -> DaskExecutor, or None for the local pool."""
+    if args.executor != "dask":
+        for flag, value in (("--scheduler", args.scheduler), ("--retries", args.retries)):
+            if value is not None:
+                raise UserError(f"{flag} is only for --executor dask")
+        return None
+    if args.scheduler is not None and args.jobs is not None:
+        raise UserError("--jobs sets the workers of a local Dask cluster; with --scheduler the "
+                        "cluster's own workers decide how many runs go at a time")
+    retries = 2 if args.retries is None else args.retries
+    if retries < 0:
+        raise UserError(f"--retries {retries}: must be 0 or more")
+    from . import cluster  # imports Dask only when an executor is made
+    if not args.dry_run:
+        cluster.require_dask()  # a missing extra fails before anything is written
+
+    def make(plan, jobs, echo):
+        return cluster.DaskExecutor(plan.base, scheduler=args.scheduler, workers=jobs,
+                                    retries=retries, offline=args.offline, echo=echo)
+    return make
 
 
 def main(argv=None):
