@@ -30,18 +30,8 @@ from .layers import MaskedDense
 
 
 def keep_rows(a, keep):
-    """The rows `keep` of `a` (a neuron's incoming weights, its bias, its state), as a copy."""
+    """The entries `keep` of a per-neuron array (hit counts, original places), as a copy."""
     return a[keep].copy()
-
-
-def keep_cols(a, keep):
-    """The columns `keep` of a 2-D `a` (the next layer's weights from the kept neurons)."""
-    return a[:, keep].copy()
-
-
-def compact_arrays(W, b, W_next, keep):
-    """The arrays of a layer and its successor once only the neurons `keep` remain."""
-    return keep_rows(W, keep), keep_rows(b, keep), keep_cols(W_next, keep)
 
 
 def fill_excess(nonzero, origin, k, k_compact, xp=np):

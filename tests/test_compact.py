@@ -23,21 +23,6 @@ from nnmnist.train import Trainer
 COMPUTES = [NumpyCompute(), NumbaCompute()]
 
 
-def test_array_functions_against_a_naive_loop():
-    rng = np.random.default_rng(0)
-    W, b, W_next = rng.normal(size=(6, 4)), rng.normal(size=6), rng.normal(size=(3, 6))
-    keep = np.array([0, 2, 5])
-    W2, b2, Wn2 = cm.compact_arrays(W, b, W_next, keep)
-    assert W2.shape == (3, 4) and b2.shape == (3,) and Wn2.shape == (3, 3)
-    for r, j in enumerate(keep):
-        np.testing.assert_array_equal(W2[r], W[j])
-        assert b2[r] == b[j]
-        for o in range(3):
-            assert Wn2[o, r] == W_next[o, j]
-    W2[0, 0] = 99  # copies, not views
-    assert W[0, 0] != 99
-
-
 def build(compute, hidden=32, k=6, opt="adam", layers=3, seed=0, unified=False):
     cfg = Config(NetType="mlpvar", HiddenSize=hidden, TrainTop=k, Layers=layers, OptType=opt,
                  Unified=unified,
