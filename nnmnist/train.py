@@ -184,6 +184,7 @@ class Trainer:
             except OSError as exc:
                 raise RunError(f"{path}: cannot write the {kind} file ({os_reason(exc)})") from None
         self._best = None
+
     def mark_stop(self, why, reason):
         """Note in the log and the metrics that the run stopped early, and why. A log that can
         no longer be written (the disk that stopped the run) is left as it is."""
