@@ -23,7 +23,7 @@ _API = {
     "Optimizer": "optim", "SGD": "optim", "AdaGrad": "optim", "Adam": "optim",
     "RMSProp": "optim", "make_optimizer": "optim",
     "Tensor": "tensor", "Flow": "tensor", "ParamStore": "params",
-    "get_compute": "backend", "UserError": "errors",
+    "get_compute": "backend", "UserError": "errors", "load_model": "model",
 }
 __all__ = sorted(_API)
 

@@ -74,6 +74,7 @@ class MaskedDense(Dense):
         self.mask = xp.ones(n_out, dtype=np.float32)
         self.hits = xp.zeros(n_out, dtype=np.int64)
         self.examples = 0
+        self.n_total = n_out  # the width as built; compaction shrinks n_out, never this
 
     def _count_examples(self, selection):
         """Each backward's examples count once, whichever path ran it."""

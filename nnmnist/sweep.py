@@ -30,9 +30,9 @@ workers share (or must copy each run folder back), since resuming looks for the 
 """
 import argparse
 import concurrent.futures as cf
+import contextlib
 import csv
 import dataclasses
-import difflib
 import hashlib
 import io
 import itertools
@@ -41,17 +41,17 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 from . import config as config_mod
-from .errors import UserError, report_errors
+from . import fsio
+from .errors import TERMINATE_STATUS, INTERRUPT_STATUS, Terminated, UserError, report_errors
+from .procs import PARENT_ENV, pid_alive
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 RUN_PY = PROJECT_DIR / "run.py"
@@ -120,21 +120,6 @@ def run_id_of(overrides):
     return f"{safe[:MAX_ID_LEN - 9]}-{digest}"
 
 
-def _read_json(path, what):
-    try:
-        text = Path(path).read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise UserError(f"{path}: {what} not found") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a folder, not a {what}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-
-
 def _resolve_base(spec_path, base):
     candidates = [Path(base).expanduser()]
     if not candidates[0].is_absolute():
@@ -149,22 +134,21 @@ def _resolve_base(spec_path, base):
 def _check_fields(spec_path, where, names):
     for name in names:
         if name not in config_mod.FIELD_TYPES:
-            close = difflib.get_close_matches(name, config_mod.FIELD_TYPES, n=1, cutoff=0.0)
-            hint = f"; did you mean {close[0]}?" if close else ""
-            raise UserError(f"{spec_path}: {where}: unknown field {name!r}{hint}")
+            hint = fsio.did_you_mean(name, config_mod.FIELD_TYPES)
+            raise UserError(f"{spec_path}: {where}: unknown field {fsio.shorten(repr(name))}{hint}")
 
 
 def load_spec(spec_path):
     """Read and check a spec's shape; return (base path, set dict, grid dict, runs list)."""
     spec_path = Path(spec_path)
-    spec = _read_json(spec_path, "sweep spec")
+    spec = fsio.read_json(spec_path, "sweep spec")
     if not isinstance(spec, dict):
         raise UserError(f"{spec_path}: the top level must be a JSON object, not {type(spec).__name__}")
     for key in spec:
         if key not in SPEC_KEYS:
-            close = difflib.get_close_matches(key, SPEC_KEYS, n=1, cutoff=0.5)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise UserError(f"{spec_path}: unknown key {key!r}{hint} (allowed: {', '.join(SPEC_KEYS)})")
+            hint = fsio.did_you_mean(key, SPEC_KEYS, cutoff=0.5, quote=True)
+            raise UserError(f"{spec_path}: unknown key {fsio.shorten(repr(key))}{hint} "
+                            f"(allowed: {', '.join(SPEC_KEYS)})")
     base = spec.get("base")
     if base is None:
         base_path = DEFAULT_BASE
@@ -265,7 +249,8 @@ def find_summary(run_dir):
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 break
-            if isinstance(rec, dict) and rec.get("type") == "summary":
+            if (isinstance(rec, dict) and rec.get("type") == "summary"
+                    and rec.get("stopped", "completed") == "completed"):  # not diverged/interrupted
                 log = metrics.with_name(metrics.name[:-len(".jsonl")] + ".txt")
                 return rec, str(log)
             break
@@ -291,24 +276,109 @@ def execute_run(task, on_start=None):
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    (run_dir / "run.json").write_text(json.dumps({
+    (run_dir / "run.json").write_text(fsio.dumps({
         "run_id": task.run_id, "overrides": task.overrides, "set": task.set_fields,
         "command": shlex.join(task.command), "cwd": task.cwd}, indent=2) + "\n", encoding="utf-8")
     start = time.monotonic()
     with open(run_dir / "stdout.txt", "wb") as out, open(run_dir / "stderr.txt", "wb") as err:
+        fsio.reserve(err.fileno(), STDERR_RESERVE)  # so that a full disk cannot swallow the reason
+        # The run ends when this process does (procs.die_with_parent) and, while it lives,
+        # holds this folder's sweep lock with us (an inherited descriptor of the locked file).
         proc = subprocess.Popen(task.command, cwd=task.cwd, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=err)
+                                stdout=out, stderr=err, pass_fds=SweepLock.held_fds(),
+                                env={**os.environ, PARENT_ENV: str(os.getpid())})
         if on_start is not None:
             on_start(proc)
         returncode = proc.wait()
-    seconds = time.monotonic() - start
+    return collect_outcome(task.run_id, run_dir, returncode, time.monotonic() - start)
+
+
+def collect_outcome(run_id, run_dir, returncode, seconds):
+    """The RunOutcome of a run whose files are in run_dir (however they got there)."""
     summary, log_file = find_summary(run_dir)
     error = None
     if returncode != 0:
-        error = last_line(run_dir / "stderr.txt") or f"exit status {returncode}"
+        error = last_line(Path(run_dir) / "stderr.txt") or f"exit status {returncode}"
     elif summary is None:
         error = "the run ended without a summary record"
-    return RunOutcome(task.run_id, returncode, seconds, summary, log_file, error)
+    return RunOutcome(run_id, returncode, seconds, summary, log_file, error)
+
+
+STDERR_RESERVE = 16384  # bytes of disk set aside for each run's stderr.txt
+
+
+class SweepLock:
+    """OUT/.sweep.lock: an exclusive lock held by a sweep and the runs it starts, with the
+    sweep's PID in the file. A second sweep on the same folder refuses while any of them lives.
+
+    Where fcntl exists the lock is flock() on the file, inherited by the runs; elsewhere the
+    file holds the PID and a lock whose process is gone is taken over."""
+
+    NAME = ".sweep.lock"
+    _held = []  # descriptors of the locks this process holds (the runs inherit them)
+
+    def __init__(self, out):
+        self.path = Path(out) / self.NAME
+        self.fd = None
+
+    @classmethod
+    def held_fds(cls):
+        return tuple(cls._held)
+
+    def _refuse(self, pid):
+        who = f"another sweep (PID {pid})" if pid else "another sweep"
+        raise UserError(f"{self.path.parent} is in use by {who} or by runs it started; "
+                        "wait for them to end, or use another --out")
+
+    def _owner(self):
+        try:
+            text = self.path.read_text(encoding="utf-8").strip()
+        except OSError:
+            return None
+        return int(text) if text.isdigit() else None
+
+    def acquire(self):
+        try:
+            import fcntl
+        except ImportError:
+            fcntl = None
+        try:
+            if fcntl is None:
+                owner = self._owner()
+                if owner is not None and owner != os.getpid() and pid_alive(owner):
+                    self._refuse(owner)
+                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            else:
+                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+                try:
+                    fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(self.fd)
+                    self.fd = None
+                    self._refuse(self._owner())
+            os.ftruncate(self.fd, 0)
+            fsio.write_all(self.fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
+            raise fsio.WriteError(self.path, exc) from None
+        if fcntl is not None:  # only a flock is shared through inherited descriptors
+            SweepLock._held.append(self.fd)
+        return self
+
+    def release(self):
+        if self.fd is not None:
+            if self.fd in SweepLock._held:
+                SweepLock._held.remove(self.fd)
+            os.close(self.fd)  # the file stays: unlinking it under a live run would void its lock
+            self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
 
 
 # ---------------------------------------------------------------- executors
@@ -317,10 +387,15 @@ class Executor:
     """Where runs execute. `submit(task)` returns a concurrent.futures.Future of a RunOutcome;
     `shutdown(cancel)` waits for (or, with cancel=True, stops) what was submitted.
 
-    The local pool below is the default. A multi-machine backend on an existing distributed
-    engine (Ray, Dask) implements the same two methods around `execute_run`; see the module
-    docstring.
+    The local pool below is the default; `nnmnist.cluster.DaskExecutor` runs them on a Dask
+    cluster. `runs_here` says whether the runs read MNIST on this machine (then the driver
+    fetches it once before they start); `describe()` is how the sweep's first line says where
+    the runs go (None: "N at a time").
     """
+    runs_here = True
+
+    def describe(self):
+        return None
 
     def submit(self, task):
         raise NotImplementedError
@@ -412,26 +487,11 @@ def result_row(task, status, out, summary=None, outcome=None, log_file=None):
     }
 
 
-def _write_atomic(path, text):
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_results(plan, rows):
     """OUT/results.json (rows with overrides and config) and OUT/results.csv (one column per override field)."""
     doc = {"spec": str(plan.spec_path.resolve()), "base": str(plan.base), "set": plan.fixed,
            "override_fields": plan.override_fields, "runs": rows}
-    _write_atomic(plan.out / "results.json", json.dumps(doc, indent=1) + "\n")
+    fsio.atomic_write(plan.out / "results.json", fsio.dumps(doc, indent=1) + "\n")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["run_id", "status", *plan.override_fields, *CSV_METRICS])
@@ -444,10 +504,23 @@ def write_results(plan, rows):
                 v = " ".join(map(str, v))
             cells.append("" if v is None else v)
         w.writerow(cells)
-    _write_atomic(plan.out / "results.csv", buf.getvalue())
+    fsio.atomic_write(plan.out / "results.csv", buf.getvalue())
 
 
 # ---------------------------------------------------------------- the driver
+
+def _progress_bar(total, done, echo):
+    """A bar of runs done/total on stderr (hidden when it is not a terminal), and an echo that
+    prints its lines around it."""
+    from tqdm import tqdm
+    bar = tqdm(total=total, initial=done, desc="sweep", unit="run", file=sys.stderr,
+               dynamic_ncols=True, disable=None)
+
+    def echo_around(line):
+        with tqdm.external_write_mode(file=sys.stdout):
+            echo(line)
+    return bar, echo_around
+
 
 def _stale_field(task, summary):
     """The first field whose finished value differs from what the spec now asks, or None."""
@@ -484,8 +557,43 @@ def _prefetch(tasks, config_dir, offline):
                       flush=True)
 
 
-def run_sweep(plan, jobs, executor=None, dry_run=False, offline=False, echo=print):
-    """Skip finished runs, run the rest, rewrite the results after each; return the exit status."""
+def _refuse_other_results(plan):
+    """An OUT whose results list runs this plan does not have belongs to another spec: writing
+    this plan's results there would drop those rows, so that is refused."""
+    path = plan.out / "results.json"
+    if not path.exists():
+        return
+    try:
+        doc = fsio.read_json(path, "sweep results file")
+        ids = [r["run_id"] for r in doc["runs"]]
+    except (UserError, KeyError, TypeError):
+        raise UserError(f"{path} is not a results file this sweep can extend; "
+                        "use another --out or move it away") from None
+    ours = {t.run_id for t in plan.tasks}
+    other = [i for i in ids if i not in ours]
+    if other:
+        raise UserError(f"{plan.out} holds results of another spec ({fsio.shorten(doc.get('spec'))}) "
+                        f"with {len(other)} run(s) not in {plan.spec_path}, such as "
+                        f"{fsio.shorten(other[0])}; they would be dropped from results.csv: "
+                        "use another --out")
+
+
+def run_sweep(plan, jobs, executor=None, dry_run=False, offline=False, echo=print,
+              make_executor=None, progress=False):
+    """Skip finished runs, run the rest, rewrite the results after each; return the exit status.
+
+    The runs go to `executor`, else to `make_executor()` (called only when there is something
+    to run), else to a LocalPoolExecutor of `jobs`. `progress` shows a bar of runs done/total
+    on stderr when it is a terminal. OUT is locked (SweepLock) from before its first file is
+    written until the sweep ends; local runs share the lock.
+    """
+    with contextlib.ExitStack() as lock:
+        return _run_sweep(plan, jobs, executor, dry_run, offline, echo, make_executor, progress,
+                          lock)
+
+
+def _run_sweep(plan, jobs, executor, dry_run, offline, echo, make_executor, progress, lock):
+    _refuse_other_results(plan)
     rows, todo = {}, []
     for t in plan.tasks:
         summary, log_file = find_summary(t.run_dir)
@@ -507,19 +615,30 @@ def run_sweep(plan, jobs, executor=None, dry_run=False, offline=False, echo=prin
         echo(f"{len(plan.tasks)} runs: {done_before} done, {len(todo)} to run ({jobs} at a time); "
              f"results in {plan.out}")
         return 0
+    if todo and executor is None:  # first, so that a cluster that cannot be reached writes nothing
+        executor = make_executor() if make_executor else LocalPoolExecutor(jobs)
     plan.out.mkdir(parents=True, exist_ok=True)
+    try:
+        lock.enter_context(SweepLock(plan.out))
+    except UserError:
+        if executor is not None:
+            executor.shutdown(cancel=True)
+        raise
     (plan.out / "runs").mkdir(exist_ok=True)
 
     def save():
         write_results(plan, [rows[t.run_id] for t in plan.tasks])
     save()
+    where = (executor.describe() if executor is not None else None) or f"{jobs} at a time"
     echo(f"sweep: {len(plan.tasks)} runs, {done_before} already done, {len(todo)} to run "
-         f"({jobs} at a time); results in {plan.out}")
+         f"({where}); results in {plan.out}")
     if not todo:
         return 0
-    if jobs > 1:
+    if jobs > 1 and executor.runs_here:
         _prefetch(todo, plan.base.parent, offline)
-    executor = executor or LocalPoolExecutor(jobs)
+    bar = None
+    if progress:
+        bar, echo = _progress_bar(len(plan.tasks), done_before, echo)
     failed, finished = 0, 0
     futures = {}
     try:
@@ -542,11 +661,19 @@ def run_sweep(plan, jobs, executor=None, dry_run=False, offline=False, echo=prin
                 rows[t.run_id] = result_row(t, "failed", plan.out, outcome=outcome)
                 echo(f"{tag} FAILED  {t.run_id}: {outcome.error} (see {Path(t.run_dir) / 'stderr.txt'})")
             save()
-    except KeyboardInterrupt:
+            if bar is not None:
+                bar.update(1)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (errors.Terminated)
         executor.shutdown(cancel=True)
         save()
         echo("interrupted; run the same command again to resume")
-        return 130
+        return TERMINATE_STATUS if isinstance(exc, Terminated) else INTERRUPT_STATUS
+    except BaseException:  # results that cannot be written (a full disk), ...: stop the runs too
+        executor.shutdown(cancel=True)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
     executor.shutdown()
     ok = len(plan.tasks) - sum(r["status"] != "done" for r in rows.values())
     echo(f"sweep: {ok} of {len(plan.tasks)} runs done, {failed} failed; results in "
@@ -574,7 +701,7 @@ def load_results(out):
     path = Path(out)
     if path.is_dir():
         path = path / "results.json"
-    doc = _read_json(path, "sweep results file")
+    doc = fsio.read_json(path, "sweep results file")
     rows = doc.get("runs") if isinstance(doc, dict) else doc
     if not isinstance(rows, list):
         raise UserError(f"{path}: not a sweep results file (no list of runs)")
@@ -588,9 +715,8 @@ def summarize(out, by=None):
         by = [f for f in doc.get("override_fields", []) if f != "RandomSeed"]
     for f in by:
         if f not in config_mod.FIELD_TYPES:
-            close = difflib.get_close_matches(f, config_mod.FIELD_TYPES, n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]}?" if close else ""
-            raise UserError(f"--by: unknown field {f!r}{hint}")
+            hint = fsio.did_you_mean(f, config_mod.FIELD_TYPES)
+            raise UserError(f"--by: unknown field {fsio.shorten(repr(f))}{hint}")
     done = [r for r in rows if r.get("status") == "done"]
     groups = {}
     for r in done:
@@ -643,7 +769,17 @@ def build_parser():
     p.add_argument("spec", help="sweep spec (JSON: base, set, grid, runs; see docs/SWEEPS.md)")
     p.add_argument("--out", help="output folder (default: sweeps/<spec name>)")
     p.add_argument("--jobs", type=int, default=None,
-                   help=f"runs at a time (default: half the cores, here {default_jobs()})")
+                   help=f"runs at a time (default: half the cores, here {default_jobs()}); with "
+                        "--executor dask and no --scheduler, the local cluster's worker processes")
+    p.add_argument("--executor", choices=("local", "dask"), default="local",
+                   help="local: subprocesses of this machine (default); dask: tasks on a Dask "
+                        "cluster (needs the cluster extra, see docs/SWEEPS.md)")
+    p.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                   help="with --executor dask: the scheduler to use (default: start a local "
+                        "cluster of --jobs workers on 127.0.0.1)")
+    p.add_argument("--retries", type=int, default=None,
+                   help="with --executor dask: how many times a run whose worker died is started "
+                        "again on another worker (default 2)")
     p.add_argument("--offline", action="store_true", help="pass --offline to every run (never download MNIST)")
     p.add_argument("--dry-run", action="store_true", help="validate and list the runs; launch nothing")
     return p
@@ -659,23 +795,6 @@ def build_summarize_parser():
     return p
 
 
-class _sigterm_as_interrupt:
-    """While running, SIGTERM stops the sweep as Ctrl-C does: its runs are stopped, the results saved."""
-
-    def __enter__(self):
-        self.previous = None
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, self._raise)
-
-    @staticmethod
-    def _raise(signum, frame):
-        raise KeyboardInterrupt
-
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
-
-
 def _main(argv):
     if argv and argv[0] == "summarize":
         args = build_summarize_parser().parse_args(argv[1:])
@@ -686,10 +805,41 @@ def _main(argv):
     jobs = default_jobs() if args.jobs is None else args.jobs
     if jobs < 1:
         raise UserError(f"--jobs {jobs}: must be at least 1")
+    dask_executor = _dask_options(args)
     plan = build_plan(args.spec, args.out, offline=args.offline)
-    with _sigterm_as_interrupt():
-        return run_sweep(plan, jobs, dry_run=args.dry_run, offline=args.offline,
-                         echo=lambda line: print(line, flush=True))
+
+    def echo(line):
+        print(line, flush=True)
+
+    def make_executor():
+        return dask_executor(plan, jobs, echo)
+    # SIGTERM stops the sweep as Ctrl-C does (report_errors raises it as errors.Terminated).
+    return run_sweep(plan, jobs, dry_run=args.dry_run, offline=args.offline, echo=echo,
+                     make_executor=make_executor if dask_executor else None,
+                     progress=dask_executor is not None)
+
+
+def _dask_options(args):
+    """Check the Dask flags; return a function (plan, jobs, echo) -> DaskExecutor, or None for the local pool."""
+    if args.executor != "dask":
+        for flag, value in (("--scheduler", args.scheduler), ("--retries", args.retries)):
+            if value is not None:
+                raise UserError(f"{flag} is only for --executor dask")
+        return None
+    if args.scheduler is not None and args.jobs is not None:
+        raise UserError("--jobs sets the workers of a local Dask cluster; with --scheduler the "
+                        "cluster's own workers decide how many runs go at a time")
+    retries = 2 if args.retries is None else args.retries
+    if retries < 0:
+        raise UserError(f"--retries {retries}: must be 0 or more")
+    from . import cluster  # imports Dask only when an executor is made
+    if not args.dry_run:
+        cluster.require_dask()  # a missing extra fails before anything is written
+
+    def make(plan, jobs, echo):
+        return cluster.DaskExecutor(plan.base, scheduler=args.scheduler, workers=jobs,
+                                    retries=retries, offline=args.offline, echo=echo)
+    return make
 
 
 def main(argv=None):
