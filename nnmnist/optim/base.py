@@ -93,7 +93,7 @@ class Optimizer:
         self.t = 0
         self.state = self.store.aligned(self.state_names)
         self._layout = None
-        self._state_views()
+        self.state_views()
         self.prepare()  # "Prepare" at the start of training, as the original does
 
     @property
@@ -109,7 +109,7 @@ class Optimizer:
         """The optimizer with a config's hyperparameters (`make_optimizer` calls this)."""
         raise NotImplementedError
 
-    def _state_views(self):
+    def state_views(self):
         """Per-parameter views of the state buffers, rebuilt when the store's layout changed."""
         layout = self.store.layout
         if layout != self._layout:
@@ -120,6 +120,10 @@ class Optimizer:
                 p.state = v
             self._layout = layout
         return self._views
+
+    def state_of(self, param):
+        """{name: view} of one parameter's state (current after the store's `take`)."""
+        return self.state_views()[self.store.index(param)]
 
     def prepare(self):
         """Reset every parameter's state to zeros ("Prepare"); the step counter is kept."""
@@ -134,7 +138,7 @@ class Optimizer:
         """
         self.t += 1
         self._begin_step()
-        views = self._state_views()
+        views = self.state_views()
         c, rule, scalars = self.compute, self.rule, self.scalars()
         if not self.lazy:
             store = self.store  # one fused pass over every parameter
