@@ -87,6 +87,36 @@ def test_topk_rows_matches_naive_loop(mode, kind):
         np.testing.assert_array_equal(got, naive.topk_rows(a, k))
 
 
+def _alternating_shapes(rng, n):
+    """Rows whose boundary bucket jumps about: the previous row's estimate is sometimes far
+    too high (a flat row, then one whose k-th largest lies octaves below its largest), sometimes
+    right, sometimes far too low; also all-zero, NaN and single-spike rows."""
+    flat = rng.uniform(1, 2, n).astype(np.float32)
+    spread = np.exp2(rng.uniform(-30, 0, n)).astype(np.float32)
+    spike = np.zeros(n, np.float32)
+    spike[n // 3] = 7.0
+    nans = rng.standard_normal(n).astype(np.float32)
+    nans[::5] = np.nan
+    rows = [flat, spread, spread[::-1].copy(), flat[::-1].copy(), np.zeros(n, np.float32),
+            spike, nans, spread * -1, flat * 1e-30, rng.standard_normal(n).astype(np.float32)]
+    return np.stack(rows * 3)
+
+
+@pytest.mark.parametrize("n", [40, 500])
+def test_topk_rows_estimate_from_previous_row(mode, n):
+    """Each row starts from the previous row's boundary; whether that estimate holds or not,
+    the selection is exact."""
+    a = _alternating_shapes(rng_for("estimate", n), n)
+    for k in (1, 3, 8, n // 4, n // 2 + 1, n - 1, n):
+        np.testing.assert_array_equal(K.topk_rows(a, k), naive.topk_rows_ref(a, k), err_msg=f"k={k}")
+        g = a.copy()
+        out = np.ones_like(a)
+        _, idx = K.layer_backward(g, out, np.zeros((a.shape[0], 3), np.float32),
+                                  np.zeros((n, 3), np.float32), k, np.zeros(n, np.float32),
+                                  np.zeros((n, 3), np.float32))
+        np.testing.assert_array_equal(idx, naive.topk_rows_ref(a, k), err_msg=f"layer k={k}")
+
+
 def test_topk_rows_tie_rule_examples():
     a = np.array([[0.0, -2.0, 2.0, 1.0, -0.0, 2.0]], np.float32)
     np.testing.assert_array_equal(K.topk_rows(a, 1), [[1]])
@@ -193,6 +223,35 @@ def test_sparse_backward_matches_dense(mode, B, n_in, k):
     ref_dx, ref_dW = naive.dense_backward(x, W, dy, idx, dW0)
     np.testing.assert_allclose(dx, ref_dx, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(dW, ref_dW, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("k", [1, 3, 4, 7, 8, 9, 12, 13, 16, 17, 24])
+def test_sparse_backward_every_sweep_width(mode, k):
+    """Rows are added eight, four, then one at a time: every remainder, for dx (k rows per
+    example) and for dW (many examples per neuron: 40 examples, 24 neurons)."""
+    rng = rng_for("sweeps", k)
+    x, W, dy, idx, dW0 = _backward_case(rng, 40, 37, 24, k, kind="normal")
+    dW = dW0.copy()
+    dx, _ = K.sparse_backward(x, W, dy, idx, dW=dW)
+    ref_dx, ref_dW = naive.sparse_backward(x, W, dy, idx, dW0)
+    np.testing.assert_allclose(dx, ref_dx, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dW, ref_dW, rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_products_round_each_step_once():
+    """Each chosen row adds one fused multiply-add (rounded once), in index order; a
+    float64 emulation of that order agrees to the last bit almost everywhere."""
+    rng = rng_for("fma")
+    x, W, dy, idx, _ = _backward_case(rng, 30, 64, 40, 13, kind="normal")
+    dx, _ = K.sparse_backward(x, W, dy, idx)
+    ref = np.zeros_like(dx)
+    for b in range(30):
+        acc = np.zeros(64, np.float32)
+        for j in idx[b]:
+            acc = (np.float64(dy[b, j]) * W[j].astype(np.float64) + acc).astype(np.float32)
+        ref[b] = acc
+    assert np.mean(dx == ref) > 0.99
+    np.testing.assert_allclose(dx, ref, rtol=1e-6, atol=1e-7)
 
 
 def test_sparse_backward_workspace_last_small_batch(mode):

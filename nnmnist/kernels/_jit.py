@@ -4,9 +4,11 @@ Every kernel module decorates with `kernel` (serial only) or `variants` (a seria
 parallel compilation of the same source), and public wrappers ask `Variants.pick(work)`
 which one to run. Nothing else in the package sets Numba flags.
 """
+import hashlib
 import os
 import types
 from contextlib import contextmanager
+from pathlib import Path
 
 import numba
 from numba.extending import intrinsic
@@ -36,11 +38,17 @@ if _mode not in _MODES:
 
 
 # Numba's disk cache notices edits to a kernel's own file, not to the flags above nor to the
-# kernels it calls from other files (the fused backward inlines the sparse row loops); the tag
-# goes into every compiled name, so changing a flag, or bumping the revision whenever a kernel
-# that others call changes, can never load a stale compilation.
-KERNEL_REVISION = 2
-_TAG = f"_{ERROR_MODEL}{'_fast' if FASTMATH else ''}_r{KERNEL_REVISION}"
+# kernels it calls from other files (the fused backward inlines top-k and the sparse row
+# loops). The tag goes into every compiled name: it holds the flags and a digest of this
+# package's sources, so that no edit anywhere in it can load a stale compilation.
+def _source_digest():
+    digest = hashlib.sha1()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
+_TAG = f"_{ERROR_MODEL}{'_fast' if FASTMATH else ''}_{_source_digest()}"
 _FLAGS = dict(cache=CACHE, fastmath=FASTMATH, nogil=True, error_model=ERROR_MODEL)
 
 

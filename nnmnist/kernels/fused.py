@@ -31,11 +31,12 @@ def _layer_backward(g, out, x, W, k, select, idx, db, dW, dx, hits, ptr, rows, c
     gbits = g.view(np.uint32)
     for c in prange(chunks):
         scratch = np.empty(scratch_size(n), np.int32)
+        hint = -1
         for b in range(c * batch // chunks, (c + 1) * batch // chunks):
             for j in range(n):
                 g[b, j] = g[b, j] * np.float32(out[b, j] > 0)
             if select:
-                _topk_row(gbits[b], k, scratch, idx[b])
+                hint = _topk_row(gbits[b], k, scratch, idx[b], hint)
     total = np.zeros(n, np.float32)
     for b in range(batch):
         for j in range(n):
