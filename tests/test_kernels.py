@@ -567,6 +567,53 @@ def test_layer_backward_with_given_indices_and_no_dx(mode):
     np.testing.assert_array_equal(db, dy.sum(axis=0))
 
 
+@pytest.mark.parametrize("need_dx", [True, False])
+@pytest.mark.parametrize("kind", ["normal", "relu", "ints"])
+def test_layer_backward_dense_dispatch_equals_plain_path(mode, monkeypatch, kind, need_dx):
+    """Where many entries are kept, the products run as BLAS on the sparsified dy: the very
+    computation of the plain NumPy path, so its numbers are the plain path's, bit for bit;
+    and the sparse kernels, forced on the same inputs, agree to rounding."""
+    from nnmnist.compute import NumpyCompute
+    from nnmnist.kernels import fused
+    B, n_in, n_out, k = 40, 30, 20, 9   # k / n_out = 0.45: dense
+    assert fused.use_dense(B, k, n_out, n_in, need_dx)
+    rng = rng_for("dense-dispatch", kind, need_dx)
+    x, W, out, g = _layer_case(rng, kind, B, n_in, n_out)
+    db0, dW0, hits0 = _nonzero_buffers(rng, n_in, n_out)
+    results = []
+    for dense_from in (fused.DENSE_FROM, 2.0):
+        monkeypatch.setattr(fused, "DENSE_FROM", dense_from)
+        monkeypatch.setattr(fused, "DENSE_FROM_WIDE_DX", dense_from)
+        db, dW, hits, gg = db0.copy(), dW0.copy(), hits0.copy(), g.copy()
+        dx, idx = K.layer_backward(gg, out, x, W, k, db, dW, need_dx=need_dx, hits=hits)
+        dy = g * (out > 0)
+        np.testing.assert_array_equal(gg, dy)
+        np.testing.assert_array_equal(idx, naive.topk_rows_ref(dy, k))
+        np.testing.assert_array_equal(db, db0 + dy.sum(axis=0))
+        np.testing.assert_array_equal(hits, hits0 + np.bincount(idx.ravel(), minlength=n_out))
+        results.append((dx, dW))
+    plain_dW = dW0.copy()
+    plain_dx = NumpyCompute().meprop_backward_rows(x, W, dy, idx, plain_dW, need_dx)
+    (dense_dx, dense_dW), (sparse_dx, sparse_dW) = results
+    np.testing.assert_array_equal(dense_dW, plain_dW)
+    np.testing.assert_allclose(sparse_dW, plain_dW, rtol=1e-5, atol=1e-5)
+    if need_dx:
+        np.testing.assert_array_equal(dense_dx, plain_dx)
+        np.testing.assert_allclose(sparse_dx, plain_dx, rtol=1e-5, atol=1e-5)
+    else:
+        assert dense_dx is None and sparse_dx is None
+
+
+def test_dense_dispatch_rule():
+    from nnmnist.kernels import fused
+    assert not fused.use_dense(100, 80, 500, 784, False)       # 0.16: sparse kernels
+    assert not fused.use_dense(100, 160, 500, 500, True)       # 0.32, W fits L2
+    assert fused.use_dense(100, 200, 500, 500, True)           # 0.4
+    assert fused.use_dense(100, 400, 2000, 2000, True)         # 0.2, dx gathers a 16 MB W
+    assert not fused.use_dense(100, 400, 2000, 784, False)     # no dx: 0.4 applies
+    assert not fused.use_dense(10, 400, 500, 500, True)        # small batches stay sparse
+
+
 def test_layer_backward_rejects_bad_arguments():
     x, W = np.zeros((4, 5), np.float32), np.zeros((6, 5), np.float32)
     g, out = np.zeros((4, 6), np.float32), np.zeros((4, 6), np.float32)
