@@ -51,9 +51,16 @@ def main(argv=None):
                     help="training examples per measurement (0: the whole epoch)")
     ap.add_argument("--json", help="also write the medians (scaled to an epoch) here")
     ap.add_argument("--figure", default=str(REPO / "docs" / "figures" / "width_scaling.png"))
+    ap.add_argument("--replot", help="only draw the figure from a --json file of an earlier run "
+                                     "(give the same --widths, --ks, --threads and --repeats)")
     args = ap.parse_args(argv)
     widths = [int(w) for w in args.widths.split(",")]
     ks = [int(k) for k in args.ks.split(",")]
+    if args.replot:
+        entries = json.loads(Path(args.replot).read_text())
+        med = {(e["width"], e["case"]): e for e in entries}
+        names = list(dict.fromkeys(e["case"] for e in entries))
+        return plot(widths, names, med, args, Path(args.figure))
     names = contenders(ks, epoch_bench.HAVE_TORCH)
     scale = EPOCH / args.examples if args.examples else 1.0
     samples = {(w, n): [] for w in widths for n in names}
@@ -97,6 +104,7 @@ def main(argv=None):
 
 def plot(widths, names, med, args, path):
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
@@ -121,6 +129,7 @@ def plot(widths, names, med, args, path):
         ax.set_yscale("log")
         ax.set_xticks(widths)
         ax.set_xticklabels([str(w) for w in widths])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("HiddenSize (both hidden layers)")
         ax.set_ylabel("seconds")
         ax.set_title(title)
