@@ -58,7 +58,7 @@ def kernel(fn):
 
 
 def inline_kernel(fn):
-    """A small helper that Numba inlines into every caller (no call, and the caller's
+    """A small kernel that Numba inlines into every caller (no call, and the caller's
     optimiser sees its loops with the caller's arrays)."""
     return numba.njit(_renamed(fn, _TAG), inline="always", **_FLAGS)
 
