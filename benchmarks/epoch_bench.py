@@ -9,12 +9,28 @@ BLAS on a 2-core machine, which would make whichever runs second look several ti
 Compile time is kept out (kernels are warmed up and a few minibatches run before timing).
 PyTorch is optional: without it the PyTorch rows are left out. Evaluation is not timed; an
 epoch here is the 55,000 training examples only.
+
+PyTorch runs as its users run it: its workers start without the thread-runtime settings that
+importing nnmnist puts into this process's environment (`OMP_WAIT_POLICY=PASSIVE`,
+`OPENBLAS_THREAD_TIMEOUT`), unless you set them yourself, and the model is `nn.Linear`
+layers with `clip_grad_value_`, `Adam` and `zero_grad(set_to_none=True)`.
+
+Measure with the BLAS kernels OpenBLAS picks for this CPU: if `OPENBLAS_CORETYPE` is set
+(it forces older kernels), unset it for the command,
+`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/epoch_bench.py`; the header
+prints the kernel architecture threadpoolctl reports and warns when it is forced.
 """
+import os
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+# What the user's environment says before nnmnist's import adds its thread-runtime defaults;
+# PyTorch's workers get exactly this (see `worker_env`).
+THREAD_VARS = ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")
+USER_THREAD_ENV = {name: os.environ.get(name) for name in THREAD_VARS}
 
 # The worker's first import decides how the thread runtimes start: PyTorch with its own
 # defaults, nnmnist with its own (set in nnmnist/__init__.py, before NumPy loads).
@@ -25,7 +41,6 @@ else:
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
@@ -45,16 +60,25 @@ from nnmnist.train import Timer, Trainer  # noqa: E402
 # authors' setup and quoted in the project's issue tracker.
 ORIGINAL = {"mlp": (200.0, 270.0, 8.0), "mlptop k=80": (200.0, 63.0, 8.0)}
 
-CASES = [
-    ("mlp", dict(NetType="mlp")),
-    ("mlptop k=20", dict(NetType="mlptop", TrainTop=20)),
-    ("mlptop k=80", dict(NetType="mlptop", TrainTop=80)),
-    ("mlptop k=160", dict(NetType="mlptop", TrainTop=160)),
-    ("mlprand k=80", dict(NetType="mlprand", TrainTop=80)),
-    ("mlpvar k=160", dict(NetType="mlpvar", TrainTop=160)),
-    ("unified k=80", dict(NetType="mlptop", TrainTop=80, Unified=True)),
-    ("unified k=80 lazy", dict(NetType="mlptop", TrainTop=80, Unified=True, LazyUpdate=True)),
-]
+CASES = ["mlp", "mlptop k=20", "mlptop k=80", "mlptop k=160", "mlprand k=80", "mlpvar k=160",
+         "unified k=80", "unified k=80 lazy"]
+TORCH_CASES = ["PyTorch dense", "PyTorch meProp k=80"]
+
+
+def case_fields(name):
+    """Config fields of a case name: a network type ('mlp', 'mlptop', 'mlprand', 'mlpvar' or
+    'unified', which is mlptop with Unified), then 'k=N' and 'lazy' (LazyUpdate) as needed."""
+    words = name.split()
+    net = words[0]
+    fields = dict(NetType="mlptop", Unified=True) if net == "unified" else dict(NetType=net)
+    for w in words[1:]:
+        if w.startswith("k="):
+            fields["TrainTop"] = int(w[2:])
+        elif w == "lazy":
+            fields["LazyUpdate"] = True
+        else:
+            raise ValueError(f"unknown word {w!r} in case {name!r}")
+    return fields
 
 
 def find_mnist():
@@ -62,88 +86,106 @@ def find_mnist():
     return load_mnist(Config(DataDir=str(data_dir)), allow_fetch=True, log=lambda *a: None)
 
 
-def worker(case, threads, minibatch):
+def worker(case, threads, minibatch, hidden=500, examples=0):
     """Run one measurement in this (fresh) process and print its Timer as JSON."""
     splits = find_mnist()
     if case.startswith("PyTorch"):
         import torch
         torch.set_num_threads(threads)
-        timer = torch_epoch(splits, minibatch, k=80 if "meProp" in case else None)
+        k = int(case.split("k=")[1]) if "meProp" in case else None
+        timer = torch_epoch(splits, minibatch, hidden, examples, k)
     else:
         from nnmnist.kernels import set_num_threads
         set_num_threads(threads)
-        timer = ours_epoch(dict(CASES)[case], splits, minibatch)
+        timer = ours_epoch(case_fields(case), splits, minibatch, hidden, examples)
     print(json.dumps(dict(fp=timer.fp, bp=timer.bp, update=timer.update)))
 
 
-def measure(case, threads, minibatch):
+def worker_env(case):
+    """The environment of a worker: PyTorch's without nnmnist's thread-runtime defaults."""
+    env = dict(os.environ)
+    if case.startswith("PyTorch"):
+        for name, value in USER_THREAD_ENV.items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
+    return env
+
+
+def measure(case, threads, minibatch, hidden=500, examples=0):
+    """One fresh worker process; its Timer."""
     out = subprocess.run([sys.executable, __file__, "--worker", case, "--threads", str(threads),
-                          "--minibatch", str(minibatch)], capture_output=True, text=True, check=True)
+                          "--minibatch", str(minibatch), "--hidden", str(hidden),
+                          "--examples", str(examples)],
+                         capture_output=True, text=True, check=True, env=worker_env(case))
     return Timer(**json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def ours_epoch(fields, splits, minibatch):
-    """fp/bp/update seconds of one epoch of nnmnist with the given config fields."""
-    cfg = Config(MinibatchSize=minibatch, RandomSeed=1, **fields)
+def ours_epoch(fields, splits, minibatch, hidden=500, examples=0):
+    """fp/bp/update seconds of one epoch (or its first `examples` examples) of nnmnist."""
+    cfg = Config(MinibatchSize=minibatch, RandomSeed=1, HiddenSize=hidden, **fields)
     trainer = Trainer(cfg, splits)
     trainer.compute.warmup()
     trainer.data_rng.shuffle(trainer.order)
     trainer.train_part(trainer.order[:minibatch * 5], Timer(), "warm-up")
     timer = Timer()
-    trainer.train_part(trainer.order, timer, "epoch")
+    trainer.train_part(trainer.order[:examples or None], timer, "epoch")
     return timer
 
 
-def torch_epoch(splits, minibatch, k=None):
-    """The same MLP in PyTorch: Adam, summed cross-entropy, clipping at 5; with k, meProp
-    written the way a PyTorch user would: top-k of |dy|, scatter into zeros, dense matmuls."""
+def torch_epoch(splits, minibatch, hidden=500, examples=0, k=None):
+    """The same MLP as a PyTorch user writes it: nn.Linear layers, summed cross-entropy,
+    gradients clipped to +-5 (`clip_grad_value_`), Adam, `zero_grad(set_to_none=True)`.
+
+    With k, meProp as a PyTorch user writes it: a linear layer whose backward keeps the
+    top-k |dy| of each row (scattered into zeros) before the dense products."""
     import torch
-    class MePropLinear(torch.autograd.Function):
+    from torch import nn
+
+    class MePropLinearFn(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, w, b):
             ctx.save_for_backward(x, w)
-            return x @ w + b
+            return torch.addmm(b, x, w.t())
 
         @staticmethod
         def backward(ctx, dy):
             x, w = ctx.saved_tensors
             _, idx = dy.abs().topk(k, dim=1, sorted=False)
             dys = torch.zeros_like(dy).scatter_(1, idx, dy.gather(1, idx))
-            return dys @ w.t(), x.t() @ dys, dy.sum(0)
+            return dys @ w, dys.t() @ x, dy.sum(0)
+
+    class MePropLinear(nn.Linear):
+        def forward(self, x):
+            return MePropLinearFn.apply(x, self.weight, self.bias)
 
     torch.manual_seed(1)
-    sizes = [784, 500, 500, 10]
-    params = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
-        w = (torch.randn(a, b) * (6.0 / (a + b)) ** 0.5).requires_grad_()
-        params += [w, torch.zeros(b, requires_grad=True)]
-    opt = torch.optim.Adam(params, lr=0.001, betas=(0.9, 0.999), eps=1e-8)
+    hidden_layer = MePropLinear if k else nn.Linear
+    model = nn.Sequential(hidden_layer(784, hidden), nn.ReLU(), hidden_layer(hidden, hidden),
+                          nn.ReLU(), nn.Linear(hidden, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=0.001, betas=(0.9, 0.999), eps=1e-8)
     x_all = torch.from_numpy(splits.trn_x)
-    y_all = torch.from_numpy(splits.trn_y)
+    y_all = torch.from_numpy(splits.trn_y.astype(np.int64))
     order = torch.from_numpy(np.random.default_rng(1).permutation(len(y_all)))
-
-    def forward(xb):
-        h = xb
-        for i in range(0, len(params) - 2, 2):
-            lin = MePropLinear.apply(h, params[i], params[i + 1]) if k else h @ params[i] + params[i + 1]
-            h = torch.relu(lin)
-        return h @ params[-2] + params[-1]
+    # as ours: 5 untimed warm-up minibatches, then the timed epoch (or its first `examples`)
+    warm = [order[i:i + minibatch] for i in range(0, 5 * minibatch, minibatch)]
+    timed_order = order[:examples] if examples else order
+    timed = [timed_order[i:i + minibatch] for i in range(0, len(timed_order), minibatch)]
 
     timer = Timer()
-    for step, i in enumerate(range(0, len(order), minibatch)):
-        rows = order[i:i + minibatch]
+    for step, rows in enumerate(warm + timed):
         xb, yb = x_all[rows], y_all[rows]
         t0 = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(forward(xb), yb, reduction="sum")
+        loss = nn.functional.cross_entropy(model(xb), yb, reduction="sum")
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()
-        for p in params:
-            p.grad.clamp_(-5.0, 5.0)
+        nn.utils.clip_grad_value_(model.parameters(), 5.0)
         opt.step()
-        opt.zero_grad(set_to_none=False)
+        opt.zero_grad(set_to_none=True)
         t3 = time.perf_counter()
-        if step >= 5:  # the first few steps warm PyTorch's allocator and kernels up
+        if step >= len(warm):
             timer.fp += t1 - t0
             timer.bp += t2 - t1
             timer.update += t3 - t2
@@ -155,11 +197,28 @@ def median_timer(timers):
                  statistics.median(t.update for t in timers))
 
 
-def machine_info():
-    import numba
+def blas_info():
+    """(description, architectures) of the BLAS libraries threadpoolctl sees in this process."""
     from threadpoolctl import threadpool_info
-    blas = ", ".join(f"{i['internal_api']} {i.get('version')} ({i['num_threads']} threads)"
-                     for i in threadpool_info() if i["user_api"] == "blas")
+    libs = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    text = ", ".join(f"{i['internal_api']} {i.get('version')}, kernels {i.get('architecture')} "
+                     f"({i['num_threads']} threads)" for i in libs)
+    return text, [i.get("architecture") for i in libs]
+
+
+def native_blas_arch():
+    """The BLAS kernel architecture a fresh process picks without OPENBLAS_CORETYPE/L2_SIZE."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    code = ("import numpy, threadpoolctl; print(','.join(str(i.get('architecture')) for i in "
+            "threadpoolctl.threadpool_info() if i['user_api'] == 'blas'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    return out.stdout.strip().split(",") if out.returncode == 0 else []
+
+
+def machine_info():
+    """Header lines: CPU, library versions, BLAS kernels (and a warning when they are forced)."""
+    import numba
+    blas, archs = blas_info()
     cpu = "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -169,10 +228,18 @@ def machine_info():
     except OSError:
         pass
     lines = [f"- CPU: {cpu}, {os.cpu_count()} logical cores; {platform.system()} {platform.release()}",
-             f"- Python {platform.python_version()}, NumPy {np.__version__}, Numba {numba.__version__}; BLAS: {blas}"]
+             f"- Python {platform.python_version()}, NumPy {np.__version__}, Numba {numba.__version__}",
+             f"- BLAS (threadpoolctl): {blas}"]
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    if forced:
+        native = native_blas_arch()
+        lines.append(f"- WARNING: OPENBLAS_CORETYPE={forced} forces OpenBLAS's {archs} kernels; "
+                     f"this CPU's own choice is {native}. Rerun with "
+                     "`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE` to measure what users get.")
     if HAVE_TORCH:
         import torch
-        lines.append(f"- PyTorch {torch.__version__}, {torch.get_num_threads()} threads by default")
+        lines.append(f"- PyTorch {torch.__version__} (its workers: PyTorch's own thread settings; "
+                     f"OMP_WAIT_POLICY {USER_THREAD_ENV['OMP_WAIT_POLICY'] or 'unset'})")
     else:
         lines.append("- PyTorch: not installed (its rows are left out)")
     return lines
@@ -189,20 +256,23 @@ def main():
                     help="keep one core busy with a spinning process while measuring (a second "
                          "job on the machine), to see how the thread settings cope")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--hidden", type=int, default=500, help=argparse.SUPPRESS)
+    ap.add_argument("--examples", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        return worker(args.worker, int(args.threads), int(args.minibatch))
+        return worker(args.worker, int(args.threads), int(args.minibatch), args.hidden,
+                      args.examples)
     have_torch = HAVE_TORCH
-    cases = [c for c in CASES if not args.cases or c[0] in args.cases.split(",")]
+    cases = [c for c in CASES + TORCH_CASES if not args.cases or c in args.cases.split(",")]
+    if not have_torch:
+        cases = [c for c in cases if not c.startswith("PyTorch")]
     spinner = None
     if args.busy:
         spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     rows, raw = [], []
     for threads in [int(t) for t in args.threads.split(",")]:
         for mb in [int(m) for m in args.minibatch.split(",")]:
-            names = [name for name, _ in cases]
-            if have_torch:
-                names += ["PyTorch dense", "PyTorch meProp k=80"]
+            names = list(cases)
             samples = {name: [] for name in names}
             for _ in range(args.repeats):  # alternate the contenders within each repeat
                 for name in names:
@@ -210,7 +280,7 @@ def main():
                     print(f"  threads={threads} mb={mb} {name}: {samples[name][-1]}", file=sys.stderr)
             med = {name: median_timer(ts) for name, ts in samples.items()}
             torch_total = None
-            if have_torch:
+            if "PyTorch dense" in med:
                 t = med["PyTorch dense"]
                 torch_total = t.fp + t.bp + t.update
             dense_bp = med["mlp"].bp if "mlp" in med else None

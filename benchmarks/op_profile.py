@@ -1,6 +1,7 @@
 """Where a backward step's time goes: each recorded op's backward, timed inside training.
 
-    python benchmarks/op_profile.py [--net mlptop] [--k 20] [--minibatch 10] [--unified]
+    python benchmarks/op_profile.py [--net mlptop] [--k 20] [--minibatch 10] [--unified] \
+        [--lazy] [--hidden 500]
 
 Trains a fresh network for a while (after warm-up minibatches) and prints, per training step,
 the fp/bp/update times and the time of each kind of recorded backward (for example the
@@ -43,10 +44,13 @@ def main():
     ap.add_argument("--unified", action="store_true")
     ap.add_argument("--examples", type=int, default=20000, help="training examples timed")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--hidden", type=int, default=500, help="HiddenSize")
+    ap.add_argument("--lazy", action="store_true", help="LazyUpdate")
     args = ap.parse_args()
     set_num_threads(args.threads)
     cfg = Config(NetType=args.net, TrainTop=args.k, MinibatchSize=args.minibatch,
-                 Unified=args.unified, RandomSeed=1)
+                 Unified=args.unified, RandomSeed=1, HiddenSize=args.hidden,
+                 LazyUpdate=args.lazy)
     trainer = Trainer(cfg, find_mnist())
     trainer.compute.warmup()
     trainer.data_rng.shuffle(trainer.order)

@@ -87,6 +87,36 @@ def test_topk_rows_matches_naive_loop(mode, kind):
         np.testing.assert_array_equal(got, naive.topk_rows(a, k))
 
 
+def _alternating_shapes(rng, n):
+    """Rows whose boundary bucket jumps about: the previous row's estimate is sometimes far
+    too high (a flat row, then one whose k-th largest lies octaves below its largest), sometimes
+    right, sometimes far too low; also all-zero, NaN and single-spike rows."""
+    flat = rng.uniform(1, 2, n).astype(np.float32)
+    spread = np.exp2(rng.uniform(-30, 0, n)).astype(np.float32)
+    spike = np.zeros(n, np.float32)
+    spike[n // 3] = 7.0
+    nans = rng.standard_normal(n).astype(np.float32)
+    nans[::5] = np.nan
+    rows = [flat, spread, spread[::-1].copy(), flat[::-1].copy(), np.zeros(n, np.float32),
+            spike, nans, spread * -1, flat * 1e-30, rng.standard_normal(n).astype(np.float32)]
+    return np.stack(rows * 3)
+
+
+@pytest.mark.parametrize("n", [40, 500])
+def test_topk_rows_estimate_from_previous_row(mode, n):
+    """Each row starts from the previous row's boundary; whether that estimate holds or not,
+    the selection is exact."""
+    a = _alternating_shapes(rng_for("estimate", n), n)
+    for k in (1, 3, 8, n // 4, n // 2 + 1, n - 1, n):
+        np.testing.assert_array_equal(K.topk_rows(a, k), naive.topk_rows_ref(a, k), err_msg=f"k={k}")
+        g = a.copy()
+        out = np.ones_like(a)
+        _, idx = K.layer_backward(g, out, np.zeros((a.shape[0], 3), np.float32),
+                                  np.zeros((n, 3), np.float32), k, np.zeros(n, np.float32),
+                                  np.zeros((n, 3), np.float32))
+        np.testing.assert_array_equal(idx, naive.topk_rows_ref(a, k), err_msg=f"layer k={k}")
+
+
 def test_topk_rows_tie_rule_examples():
     a = np.array([[0.0, -2.0, 2.0, 1.0, -0.0, 2.0]], np.float32)
     np.testing.assert_array_equal(K.topk_rows(a, 1), [[1]])
@@ -193,6 +223,35 @@ def test_sparse_backward_matches_dense(mode, B, n_in, k):
     ref_dx, ref_dW = naive.dense_backward(x, W, dy, idx, dW0)
     np.testing.assert_allclose(dx, ref_dx, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(dW, ref_dW, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("k", [1, 3, 4, 7, 8, 9, 12, 13, 16, 17, 24])
+def test_sparse_backward_every_sweep_width(mode, k):
+    """Rows are added eight, four, then one at a time: every remainder, for dx (k rows per
+    example) and for dW (many examples per neuron: 40 examples, 24 neurons)."""
+    rng = rng_for("sweeps", k)
+    x, W, dy, idx, dW0 = _backward_case(rng, 40, 37, 24, k, kind="normal")
+    dW = dW0.copy()
+    dx, _ = K.sparse_backward(x, W, dy, idx, dW=dW)
+    ref_dx, ref_dW = naive.sparse_backward(x, W, dy, idx, dW0)
+    np.testing.assert_allclose(dx, ref_dx, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dW, ref_dW, rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_products_round_each_step_once():
+    """Each chosen row adds one fused multiply-add (rounded once), in index order; a
+    float64 emulation of that order agrees to the last bit almost everywhere."""
+    rng = rng_for("fma")
+    x, W, dy, idx, _ = _backward_case(rng, 30, 64, 40, 13, kind="normal")
+    dx, _ = K.sparse_backward(x, W, dy, idx)
+    ref = np.zeros_like(dx)
+    for b in range(30):
+        acc = np.zeros(64, np.float32)
+        for j in idx[b]:
+            acc = (np.float64(dy[b, j]) * W[j].astype(np.float64) + acc).astype(np.float32)
+        ref[b] = acc
+    assert np.mean(dx == ref) > 0.99
+    np.testing.assert_allclose(dx, ref, rtol=1e-6, atol=1e-7)
 
 
 def test_sparse_backward_workspace_last_small_batch(mode):
@@ -506,6 +565,53 @@ def test_layer_backward_with_given_indices_and_no_dx(mode):
     _, ref_dW = naive.sparse_backward(x, W, dy, idx, np.zeros((8, 11), np.float32))
     np.testing.assert_allclose(dW, ref_dW, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(db, dy.sum(axis=0))
+
+
+@pytest.mark.parametrize("need_dx", [True, False])
+@pytest.mark.parametrize("kind", ["normal", "relu", "ints"])
+def test_layer_backward_dense_dispatch_equals_plain_path(mode, monkeypatch, kind, need_dx):
+    """Where many entries are kept, the products run as BLAS on the sparsified dy: the very
+    computation of the plain NumPy path, so its numbers are the plain path's, bit for bit;
+    and the sparse kernels, forced on the same inputs, agree to rounding."""
+    from nnmnist.compute import NumpyCompute
+    from nnmnist.kernels import fused
+    B, n_in, n_out, k = 40, 30, 20, 9   # k / n_out = 0.45: dense
+    assert fused.use_dense(B, k, n_out, n_in, need_dx)
+    rng = rng_for("dense-dispatch", kind, need_dx)
+    x, W, out, g = _layer_case(rng, kind, B, n_in, n_out)
+    db0, dW0, hits0 = _nonzero_buffers(rng, n_in, n_out)
+    results = []
+    for dense_from in (fused.DENSE_FROM, 2.0):
+        monkeypatch.setattr(fused, "DENSE_FROM", dense_from)
+        monkeypatch.setattr(fused, "DENSE_FROM_WIDE_DX", dense_from)
+        db, dW, hits, gg = db0.copy(), dW0.copy(), hits0.copy(), g.copy()
+        dx, idx = K.layer_backward(gg, out, x, W, k, db, dW, need_dx=need_dx, hits=hits)
+        dy = g * (out > 0)
+        np.testing.assert_array_equal(gg, dy)
+        np.testing.assert_array_equal(idx, naive.topk_rows_ref(dy, k))
+        np.testing.assert_array_equal(db, db0 + dy.sum(axis=0))
+        np.testing.assert_array_equal(hits, hits0 + np.bincount(idx.ravel(), minlength=n_out))
+        results.append((dx, dW))
+    plain_dW = dW0.copy()
+    plain_dx = NumpyCompute().meprop_backward_rows(x, W, dy, idx, plain_dW, need_dx)
+    (dense_dx, dense_dW), (sparse_dx, sparse_dW) = results
+    np.testing.assert_array_equal(dense_dW, plain_dW)
+    np.testing.assert_allclose(sparse_dW, plain_dW, rtol=1e-5, atol=1e-5)
+    if need_dx:
+        np.testing.assert_array_equal(dense_dx, plain_dx)
+        np.testing.assert_allclose(sparse_dx, plain_dx, rtol=1e-5, atol=1e-5)
+    else:
+        assert dense_dx is None and sparse_dx is None
+
+
+def test_dense_dispatch_rule():
+    from nnmnist.kernels import fused
+    assert not fused.use_dense(100, 80, 500, 784, False)       # 0.16: sparse kernels
+    assert not fused.use_dense(100, 160, 500, 500, True)       # 0.32, W fits L2
+    assert fused.use_dense(100, 200, 500, 500, True)           # 0.4
+    assert fused.use_dense(100, 400, 2000, 2000, True)         # 0.2, dx gathers a 16 MB W
+    assert not fused.use_dense(100, 400, 2000, 784, False)     # no dx: 0.4 applies
+    assert not fused.use_dense(10, 400, 500, 500, True)        # small batches stay sparse
 
 
 def test_layer_backward_rejects_bad_arguments():

@@ -4,17 +4,22 @@ Every kernel module decorates with `kernel` (serial only) or `variants` (a seria
 parallel compilation of the same source), and public wrappers ask `Variants.pick(work)`
 which one to run. Nothing else in the package sets Numba flags.
 """
+import hashlib
 import os
 import types
 from contextlib import contextmanager
+from pathlib import Path
 
 import numba
+from numba.extending import intrinsic
 
 # On-disk cache of compiled machine code (in __pycache__); NNMNIST_NUMBA_CACHE=0 turns it off.
 CACHE = os.environ.get("NNMNIST_NUMBA_CACHE", "1") != "0"
 # fastmath stays off everywhere: top-k compares keys exactly, and the arithmetic kernels
 # promise to match a plain NumPy float32 implementation (they are memory-bound, so
-# reassociation would buy nothing anyway).
+# reassociation would buy nothing anyway). The sparse products ask for fused multiply-adds
+# explicitly (`fma`), never through contraction flags: LLVM contracts differently in
+# different callers, and the fused backward must equal the separate kernels bit for bit.
 FASTMATH = False
 # Below this many multiply-adds (or equivalent) a kernel runs serially: waking the thread
 # pool costs more than it saves (measured with `python benchmarks/kernel_bench.py` on 2 cores;
@@ -32,15 +37,42 @@ if _mode not in _MODES:
     _mode = "auto"
 
 
-# Numba's disk cache notices edits to a kernel's own file, not to the flags above; the tag goes
-# into every compiled name so that changing a flag can never load a stale compilation.
-_TAG = f"_{ERROR_MODEL}{'_fast' if FASTMATH else ''}"
+# Numba's disk cache notices edits to a kernel's own file, not to the flags above nor to the
+# kernels it calls from other files (the fused backward inlines top-k and the sparse row
+# loops). The tag goes into every compiled name: it holds the flags and a digest of this
+# package's sources, so that no edit anywhere in it can load a stale compilation.
+def _source_digest():
+    digest = hashlib.sha1()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
+_TAG = f"_{ERROR_MODEL}{'_fast' if FASTMATH else ''}_{_source_digest()}"
 _FLAGS = dict(cache=CACHE, fastmath=FASTMATH, nogil=True, error_model=ERROR_MODEL)
 
 
 def kernel(fn):
     """Compile `fn` serially with the package's flags."""
     return numba.njit(_renamed(fn, _TAG), **_FLAGS)
+
+
+def inline_kernel(fn):
+    """A small kernel that Numba inlines into every caller (no call, and the caller's
+    optimiser sees its loops with the caller's arrays)."""
+    return numba.njit(_renamed(fn, _TAG), inline="always", **_FLAGS)
+
+
+@intrinsic
+def fma(typingctx, a, b, c):
+    """a * b + c rounded once (LLVM's fma intrinsic; vectorises to FMA instructions)."""
+    sig = a(a, a, a)
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+    if not (a == b == c and isinstance(a, numba.types.Float)):
+        return None
+    return sig, codegen
 
 
 def _renamed(fn, suffix):

@@ -26,16 +26,18 @@ from .topk import _topk_row, scratch_size
 
 
 @variants
-def _layer_backward(g, out, x, W, k, select, idx, db, dW, dx, hits, ptr, rows, chunks):
+def _layer_backward(g, out, x, W, k, select, idx, db, dW, dx, hits, ptr, rows, chunks,
+                    products=True):
     batch, n = g.shape
     gbits = g.view(np.uint32)
     for c in prange(chunks):
         scratch = np.empty(scratch_size(n), np.int32)
+        hint = -1
         for b in range(c * batch // chunks, (c + 1) * batch // chunks):
             for j in range(n):
                 g[b, j] = g[b, j] * np.float32(out[b, j] > 0)
             if select:
-                _topk_row(gbits[b], k, scratch, idx[b])
+                hint = _topk_row(gbits[b], k, scratch, idx[b], hint)
     total = np.zeros(n, np.float32)
     for b in range(batch):
         for j in range(n):
@@ -45,6 +47,8 @@ def _layer_backward(g, out, x, W, k, select, idx, db, dW, dx, hits, ptr, rows, c
     if hits.shape[0]:
         for v in idx.ravel():
             hits[v] += 1
+    if not products:
+        return
     if dx.shape[0]:
         for b in prange(batch):
             _dx_row(W, g, idx, b, dx[b])
@@ -70,15 +74,50 @@ def _work(batch, k, n_in, n_out):
     return work if batch >= FUSED_MIN_BATCH and work >= FUSED_MIN_WORK else 0
 
 
+# From this share of kept entries (k / n_out) on, and from a batch of DENSE_MIN_BATCH, the two
+# products run as BLAS on dy with the other entries zeroed, exactly as the plain NumPy path
+# computes them: a native BLAS does several times the multiply-adds per second of the
+# per-example gathers. Measured with one thread, minibatch 100 (`python
+# benchmarks/dispatch_bench.py`): the sparse kernels stay ahead up to about 0.4 while the
+# weights fit the 2 MB L2 cache (784 -> 500, 500 -> 500) or no dx is wanted (784 -> 2000),
+# but only up to about 0.2 when dx must gather rows of a larger weight matrix (2000 -> 2000).
+DENSE_FROM = 0.4
+DENSE_FROM_WIDE_DX = 0.2
+WIDE_BYTES = 1 << 21
+DENSE_MIN_BATCH = 32
+
+
+@kernel
+def _kept_entries(g, idx, dys):
+    # dys = g with every entry outside idx zeroed (dys starts as zeros)
+    for b in range(idx.shape[0]):
+        for t in range(idx.shape[1]):
+            j = idx[b, t]
+            dys[b, j] = g[b, j]
+
+
+def use_dense(batch, k, n_out, n_in, need_dx):
+    """True when a unit's meProp products run as BLAS on the sparsified gradient."""
+    wide = need_dx and 4 * n_out * n_in > WIDE_BYTES
+    return batch >= DENSE_MIN_BATCH and k >= (DENSE_FROM_WIDE_DX if wide else DENSE_FROM) * n_out
+
+
 def layer_backward_raw(g, out, x, W, k, idx, db, dW, need_dx, hits, workspace, select=True):
     """The unchecked call, for a caller that guarantees `layer_backward`'s contract."""
     batch, n_in = x.shape
-    dx = np.empty((batch if need_dx else 0, n_in), np.float32)
+    dense = use_dense(batch, k, W.shape[0], n_in, need_dx)
+    dx = np.empty((batch if need_dx and not dense else 0, n_in), np.float32)
     if hits is None:
         hits = _NO_HITS
     chunks = max(1, min(batch, 4 * num_threads()))
-    _layer_backward.pick(_work(batch, k, n_in, W.shape[0]))(
-        g, out, x, W, k, select, idx, db, dW, dx, hits, workspace.ptr, workspace.rows, chunks)
+    _layer_backward.pick(_work(batch, 0 if dense else k, n_in, W.shape[0]))(
+        g, out, x, W, k, select, idx, db, dW, dx, hits, workspace.ptr, workspace.rows, chunks,
+        not dense)
+    if dense:
+        dys = np.zeros_like(g)
+        _kept_entries(g, idx, dys)
+        dW += dys.T @ x
+        return dys @ W if need_dx else None
     return dx if need_dx else None
 
 

@@ -9,17 +9,23 @@ non-negative float order like the float). A row is then selected in three steps,
 pass that LLVM vectorises or a short loop:
 
 1. Bucket search. Buckets are 1/16 of an octave wide (the key's top 12 bits), counted down
-   from the row's largest key; a binary search with vectorised counting passes finds the
-   bucket that holds the k-th largest key (8 passes, whatever the data).
-2. One pass in column order compacts the columns whose key reaches that bucket: the k
-   winners plus the few other members of the boundary bucket.
+   from the row's largest key. Rows of one minibatch have similar shapes relative to their
+   largest entry, so a row first takes as candidates the columns whose key reaches a floor a
+   quarter octave below the previous row's boundary bucket (one compaction pass); a binary
+   search with vectorised counting passes over those candidates alone then finds the bucket
+   that holds the k-th largest key. Without a previous row, or when the estimate leaves
+   fewer than k candidates, the search runs over the whole row (8 passes) instead.
+2. The columns whose key reaches that bucket, in column order: the k winners plus the few
+   other members of the boundary bucket.
 3. The boundary bucket's keys are ordered (insertion sort when few, a radix select when
    many, e.g. a bucket of zeros) to give the threshold key T and how many copies of T are
    wanted; a last pass over the compacted columns keeps keys > T and the first wanted
    copies of T, so the output comes out ascending, ties resolved to the lower column.
 
-About 0.7-1.1 us a row of 500 on this project's 2-core test machine, against 2-4 us for a
-plain radix select and about 4 us for np.argpartition plus a sort (`benchmarks/kernel_bench.py`).
+About 0.6-0.9 us a row of 500 on this project's shared 2-core test machine, 1.2-1.4x faster
+than without the estimate, and 2.5x on rows of 2000 (`benchmarks/kernel_ab.py`); a plain
+radix select took 2-4 us and np.argpartition plus a sort about 4 us
+(`benchmarks/kernel_bench.py`).
 """
 import numpy as np
 from numba import prange
@@ -34,6 +40,8 @@ _ONE32 = np.uint32(1)
 _BUCKET_SHIFT = 19
 _BUCKETS = 256     # searched below the top key; the last one takes everything smaller
 _SMALL = 48        # boundary buckets up to this size are insertion-sorted
+_SLACK = 4         # the estimated floor lies this many buckets (a quarter octave) below the
+                   # previous row's boundary bucket
 # Work per element, in multiply-adds, for the serial/parallel choice: selection costs about
 # 1.5 ns an element, so rows of 500 stay serial up to B=100 (measured on 2 cores: 70-140 us
 # serial against 110-135 us parallel at B=100, 10 against 40-60 us at B=10).
@@ -134,8 +142,23 @@ def scratch_size(n):
 
 
 @kernel
-def _topk_row(bits, k, scratch, out):
-    # scratch: scratch_size(n) int32. See the module docstring for the steps.
+def _boundary_bucket(keys, top, k, hi_d):
+    # The first bucket d <= hi_d whose floor has at least k keys at or above it (the caller
+    # knows that bucket hi_d's floor has): a binary search of vectorised counting passes.
+    lo_d = 0
+    while lo_d < hi_d:
+        mid = (lo_d + hi_d) // 2
+        if _count_ge(keys, _bucket_floor(top, mid)) >= k:
+            hi_d = mid
+        else:
+            lo_d = mid + 1
+    return lo_d
+
+
+@kernel
+def _topk_row(bits, k, scratch, out, hint=-1):
+    # scratch: scratch_size(n) int32. See the module docstring for the steps. `hint` is the
+    # previous row's boundary bucket (or -1); the return value is this row's, for the next.
     n = bits.shape[0]
     keys = scratch[:n]
     cols = scratch[n:2 * n]
@@ -147,21 +170,38 @@ def _topk_row(bits, k, scratch, out):
         keys[j] = key
         top_key = max(top_key, key)
     top = top_key >> _BUCKET_SHIFT
-    # 1. The first bucket d whose floor has at least k keys at or above it.
-    lo_d, hi_d = 0, _BUCKETS - 1
-    while lo_d < hi_d:
-        mid = (lo_d + hi_d) // 2
-        if _count_ge(keys, _bucket_floor(top, mid)) >= k:
-            hi_d = mid
-        else:
-            lo_d = mid + 1
-    floor = _bucket_floor(top, lo_d)
-    ceiling = np.int32((top + 1) << _BUCKET_SHIFT) if lo_d == 0 else _bucket_floor(top, lo_d - 1)
-    # 2. Columns with key >= floor, in order (branch-free compaction).
+    # 1. The boundary bucket d and the columns with key >= its floor, in order.
     c = 0
-    for j in range(n):
-        cols[c] = j
-        c += keys[j] >= floor
+    hi_d = _BUCKETS - 1
+    if hint >= 0:
+        # Estimate: rows of one minibatch have similar shapes relative to their largest
+        # entry, so a floor a little below the previous row's boundary most likely has k
+        # keys above it. One compaction pass gives those candidates, and the exact search
+        # then runs on them alone.
+        hi_d = min(hint + _SLACK, _BUCKETS - 1)
+        floor = _bucket_floor(top, hi_d)
+        for j in range(n):
+            cols[c] = j
+            c += keys[j] >= floor
+    if c >= k:
+        for i in range(c):
+            cand[i] = keys[cols[i]]
+        d = _boundary_bucket(cand[:c], top, k, hi_d)
+        floor = _bucket_floor(top, d)
+        kept = 0
+        for i in range(c):
+            cols[kept] = cols[i]
+            kept += cand[i] >= floor
+        c = kept
+    else:  # no estimate, or it was too high: search all n keys
+        d = _boundary_bucket(keys, top, k, _BUCKETS - 1)
+        floor = _bucket_floor(top, d)
+        c = 0
+        for j in range(n):
+            cols[c] = j
+            c += keys[j] >= floor
+    ceiling = np.int32((top + 1) << _BUCKET_SHIFT) if d == 0 else _bucket_floor(top, d - 1)
+    # 2. The boundary bucket's members among the columns.
     m = 0
     for i in range(c):
         key = keys[cols[i]]
@@ -183,6 +223,7 @@ def _topk_row(bits, k, scratch, out):
         t += take
         if t == k:
             break
+    return d
 
 
 @variants
@@ -191,8 +232,9 @@ def _topk_rows(bits, k, chunks, out):
     rows, n = bits.shape
     for c in prange(chunks):
         scratch = np.empty(scratch_size(n), np.int32)
+        hint = -1
         for r in range(c * rows // chunks, (c + 1) * rows // chunks):
-            _topk_row(bits[r], k, scratch, out[r])
+            hint = _topk_row(bits[r], k, scratch, out[r], hint)
 
 
 @kernel
