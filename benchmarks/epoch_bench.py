@@ -56,8 +56,7 @@ from nnmnist.config import Config  # noqa: E402
 from nnmnist.data import find_mnist_dir, load_mnist  # noqa: E402
 from nnmnist.train import Timer, Trainer  # noqa: E402
 
-# The original C# program, one core, per epoch (fp, bp, update seconds), as measured by its
-# authors' setup and quoted in the project's issue tracker.
+# The original C# program, one core, per epoch (fp, bp, update seconds): docs/ORIGINAL.md §10.
 ORIGINAL = {"mlp": (200.0, 270.0, 8.0), "mlptop k=80": (200.0, 63.0, 8.0)}
 
 CASES = ["mlp", "mlptop k=20", "mlptop k=80", "mlptop k=160", "mlprand k=80", "mlpvar k=160",

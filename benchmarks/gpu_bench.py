@@ -1,4 +1,4 @@
-"""The GPU benchmark of issue 5: `python benchmarks/gpu_bench.py [--out FILE] [--budget SECONDS]`.
+"""The GPU benchmark: `python benchmarks/gpu_bench.py [--out FILE] [--budget SECONDS]`.
 
 Runs on a machine with CuPy and an NVIDIA GPU and writes a markdown report (plus the same numbers
 as JSON beside it). It installs nothing and imports the project from this checkout. Sections:
@@ -426,7 +426,7 @@ def main(argv=None):
     start = time.perf_counter()
     deadline = start + args.budget
     rep = Report(args.out)
-    rep("# GPU benchmark (issue 5)")
+    rep("# GPU benchmark")
     rep()
     if not gpu_available():
         rep("No GPU: CuPy is missing or sees no CUDA device. Nothing was measured.")

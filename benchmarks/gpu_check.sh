@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU check of issue 5: the GPU tests, then the GPU benchmark, in one go.
+# The prepared GPU check: the GPU tests, then the GPU benchmark, in one go.
 #
 #   bash benchmarks/gpu_check.sh          # from anywhere; estimated 2-3 minutes on an H200
 #
