@@ -1,4 +1,4 @@
-"""MNIST in IDX files: finding, reading, validating and splitting them (SPEC §3).
+"""MNIST in IDX files: finding, reading, validating and splitting them (docs/ORIGINAL.md §3).
 
 Run `python -m nnmnist.data fetch [DIR]` to download MNIST without training, and
 `python -m nnmnist.data check [DIR]` to verify the files and time their parsing.
@@ -29,7 +29,7 @@ _FIELDS = ("TrainFile", "TrainLabelFile", "TestFile", "TestLabelFile")
 
 
 class Splits(NamedTuple):
-    """MNIST split per SPEC §3: x float32 (n, n_in) in [0, 1], y int64 (n,)."""
+    """MNIST split as in docs/ORIGINAL.md §3: x float32 (n, n_in) in [0, 1], y int64 (n,)."""
     trn_x: np.ndarray
     trn_y: np.ndarray
     dev_x: np.ndarray

@@ -66,7 +66,7 @@ def record_hits(idx, hits):
     return hits
 
 
-# Optimizer steps, written out exactly as SPEC §5 states them, in NumPy float32.
+# Optimizer steps, written out exactly as docs/ORIGINAL.md §5 states them, in NumPy float32.
 # Each takes and returns copies; g is zeroed afterwards as the kernels do.
 
 def _clip(g, clip):

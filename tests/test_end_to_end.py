@@ -1,4 +1,4 @@
-"""Whole runs: the log's lines in SPEC §7's order, parameter counts, determinism, and run.py."""
+"""Whole runs: the log lines in docs/ORIGINAL.md §9's order, parameter counts, determinism."""
 import json
 import re
 import subprocess
@@ -27,7 +27,7 @@ def run_tiny(tmp_path, tiny_splits, **fields):
 
 
 def check_log_structure(lines, cfg, n_trn, n_dev, n_tst, dims_after=()):
-    """Walk the log line by line against SPEC §7's grammar."""
+    """Walk the log line by line against the grammar of docs/ORIGINAL.md, section 9."""
     it = iter(lines)
     assert next(it) == "#" * 20
     header = [next(it) for _ in cfg.header_lines()]

@@ -1,4 +1,4 @@
-"""One test body over both array modules (issue 5): `numpy` everywhere, `cupy` where a GPU is.
+"""One test body over both array modules: `numpy` everywhere, `cupy` where a GPU is.
 
 Every test computes with a backend's compute object and checks it against a NumPy reference:
 the naive loops of tests/naive.py, central differences in float64, the update equations, or
