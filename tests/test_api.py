@@ -126,9 +126,9 @@ def test_the_example_trains_on_mnist(mnist_dir):
     assert float(m[2]) > 70 and float(m[3]) > 70
 
 
-def test_the_example_reports_a_bad_argument_in_one_line(tmp_path):
+def test_the_example_reports_a_bad_argument_in_one_line(mnist_dir):
     out = subprocess.run([sys.executable, str(REPO / "examples" / "custom_network.py"),
-                          "--epochs", "0", "--data", str(tmp_path)],
+                          "--epochs", "0", "--data", str(mnist_dir)],
                          capture_output=True, text=True, cwd=REPO, timeout=300)
     assert out.returncode == 2
     assert out.stderr.splitlines() == ["error: config: field MaxEpoch = 0: must be >= 1"]
