@@ -111,6 +111,9 @@ def test_meprop_backward_errors():
         meprop_backward(x, W, dy, 5)
     with pytest.raises(ValueError, match="shapes"):
         meprop_backward(x, W.T, dy, 2)
+    for k in (2.5, True, "2"):  # not silently truncated to a whole number
+        with pytest.raises(ValueError, match="k = "):
+            meprop_backward(x, W, dy, k)
 
 
 def test_the_example_trains_on_mnist(mnist_dir):
