@@ -10,11 +10,12 @@ Layers, TrainTop, shown in the log's header) describe the JSON network and are n
     python examples/custom_network.py --epochs 1 --limit 5000   # a quick look
 """
 import argparse
+import sys
 
 import numpy as np
 
-from nnmnist import (Config, Dense, Network, RunLog, TopK, UnifiedTopK, get_compute, load_mnist,
-                     train)
+from nnmnist import (Config, Dense, Network, RunLog, TopK, UnifiedTopK, UserError, get_compute,
+                     load_mnist, train)
 
 WIDTHS = [784, 600, 400, 300, 200]
 RULES = [TopK(60), TopK(40), UnifiedTopK(30), UnifiedTopK(20)]
@@ -54,4 +55,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as exc:  # a bad argument or missing data: one line, as run.py does
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)

@@ -62,6 +62,8 @@ def meprop_backward(x, W, dy, k, unified=False):
     if x.ndim != 2 or W.ndim != 2 or dy.shape != (x.shape[0], W.shape[0]) or W.shape[1] != x.shape[1]:
         raise ValueError(f"shapes: x {x.shape}, W {W.shape} (out, in), dy {dy.shape}: need "
                          f"x (B, in), W (out, in), dy (B, out)")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ValueError(f"k = {k!r}: must be a whole number")
     if not 1 <= k <= W.shape[0]:
         raise ValueError(f"k = {k}: must be between 1 and {W.shape[0]} (the output width)")
     compute = NumpyCompute()

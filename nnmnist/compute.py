@@ -163,6 +163,8 @@ class NumbaCompute(NumpyCompute):
             return super().meprop_relu_backward(x, W, out, g, db, dW, rule, rng, hits, need_dx)
         batch, n_out = g.shape
         k = rule.k
+        if not 1 <= k <= n_out:  # the kernels write k entries a row: never past the buffers
+            raise ValueError(f"{rule!r}: k = {k} must be between 1 and the layer's {n_out} outputs")
         select = type(rule) in (TopK, UnifiedTopK)
         # random-k does not look at dy: it is drawn first, as the plain path's rule does
         if rule.unified:

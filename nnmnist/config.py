@@ -122,7 +122,9 @@ def _field_error(source, name, value, why):
         shown = json.dumps(value)
     except (RecursionError, ValueError):
         shown = "(a value nested too deeply to show)"
-    return UserError(f"{source}: field {name} = {fsio.shorten(shown)}: {why}")
+    err = UserError(f"{source}: field {name} = {fsio.shorten(shown)}: {why}")
+    err.field, err.value, err.why = name, value, why
+    return err
 
 
 def _coerce(source, name, value):
@@ -230,11 +232,18 @@ def load(path, overrides=None):
     """Read a JSON config (a UTF-8 BOM is allowed), apply overrides, and validate it."""
     raw = fsio.read_json(path, "config file")
     if isinstance(raw, dict) and overrides:
-        checked = {}
+        checked, flags = {}, {}
         for key, value in overrides.items():  # an override's own mistakes are the flag's
             name = canonical_field(key, "--set")
             _coerce(f"--set {key}", name, value)
-            checked[name] = value
+            checked[name], flags[name] = value, key
         # Canonical names on both sides, so that an override replaces a differently-cased key.
         raw = {**_canonical_items(raw, str(path)), **checked}
+        try:
+            return from_dict(raw, source=str(path))
+        except UserError as exc:  # a value out of range that came from --set: name the flag
+            name = getattr(exc, "field", None)
+            if name in flags:
+                raise _field_error(f"--set {name}", name, exc.value, exc.why) from None
+            raise
     return from_dict(raw, source=str(path))

@@ -30,6 +30,8 @@ class Dense:
         self.b = Tensor(b, name="b")
         self.compute, self.rng = compute, rng
         self.rule = rule
+        if rule is not None and rule.k > n_out:
+            raise ValueError(f"{rule!r}: k = {rule.k} is more than the layer's {n_out} outputs")
 
     @property
     def params(self):

@@ -27,8 +27,11 @@ def as_input(images, n_in):
         out = x.astype(np.float32)
         out /= np.float32(255)
         return out
-    if x.dtype.kind not in "fiu":
-        raise ValueError(f"images must be uint8 or floating point, not {x.dtype}")
+    if x.dtype.kind != "f":
+        # Other integer types are refused rather than guessed at: 0..255 pixels taken as
+        # already scaled would be scored confidently and wrongly.
+        raise ValueError(f"images must be uint8 (0..255) or floating point (0..1), not {x.dtype}; "
+                         "convert with .astype(np.uint8) or scale to floats")
     return np.ascontiguousarray(x, dtype=np.float32)
 
 

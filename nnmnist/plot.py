@@ -76,6 +76,11 @@ def read_metrics(path):
             raise UserError(f"{path}: line {i + 1} is not a metrics record")
         if rec.get("type") == "part":
             parts.append(rec)
+        elif rec.get("type") == "resume" and "epoch" in rec and "part" in rec:
+            # A resumed run replays from the checkpoint's position; after a hard kill the
+            # file already holds records from there on, which the replay replaces.
+            at = (rec["epoch"], rec["part"])
+            parts = [r for r in parts if (r.get("epoch", -1), r.get("part", -1)) < at]
         elif rec.get("type") == "summary":
             summary = rec
     if not parts:

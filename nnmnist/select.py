@@ -50,6 +50,8 @@ class SelectionRule:
 
     def __init__(self, k):
         self.k = int(k)
+        if self.k < 1:
+            raise ValueError(f"k = {k}: a selection rule keeps at least 1 entry")
 
     def __call__(self, dy, compute, rng):
         """The Selection for output gradient dy; `rng` is the network's generator."""

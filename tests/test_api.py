@@ -111,6 +111,9 @@ def test_meprop_backward_errors():
         meprop_backward(x, W, dy, 5)
     with pytest.raises(ValueError, match="shapes"):
         meprop_backward(x, W.T, dy, 2)
+    for k in (2.5, True, "2"):  # not silently truncated to a whole number
+        with pytest.raises(ValueError, match="k = "):
+            meprop_backward(x, W, dy, k)
 
 
 def test_the_example_trains_on_mnist(mnist_dir):
@@ -124,6 +127,14 @@ def test_the_example_trains_on_mnist(mnist_dir):
     assert m and int(m[1]) == 784 * 600 + 600 + 600 * 400 + 400 + 400 * 300 + 300 \
         + 300 * 200 + 200 + 200 * 10 + 10
     assert float(m[2]) > 70 and float(m[3]) > 70
+
+
+def test_the_example_reports_a_bad_argument_in_one_line(mnist_dir):
+    out = subprocess.run([sys.executable, str(REPO / "examples" / "custom_network.py"),
+                          "--epochs", "0", "--data", str(mnist_dir)],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == ["error: config: field MaxEpoch = 0: must be >= 1"]
 
 
 def test_the_documented_example_runs():

@@ -1,5 +1,6 @@
 """Config: BOM, defaults, the run name, every validation error, unknown-field suggestions."""
 import json
+import re
 
 import pytest
 
@@ -151,6 +152,15 @@ def test_override_errors_name_the_flag(tmp_path):
         cfgmod.load(path, {"Fo0": 1})
     with pytest.raises(UserError, match="^--set MaxEpoch: field MaxEpoch"):
         cfgmod.load(path, {"MaxEpoch": "x"})
+    # A value that parses but is out of range is the flag's too, not the file's
+    with pytest.raises(UserError, match='^--set NetType: field NetType = "mpl": must be one of'):
+        cfgmod.load(path, {"nettype": "mpl"})
+    with pytest.raises(UserError, match="^--set MaxEpoch: field MaxEpoch = 0: must be >= 1"):
+        cfgmod.load(path, {"MaxEpoch": 0})
+    # while a bad value in the file is still the file's, whatever else --set changes
+    bad = write(tmp_path, {"MaxEpoch": 0}, name="bad.json")
+    with pytest.raises(UserError, match=f"^{re.escape(str(bad))}: field MaxEpoch = 0"):
+        cfgmod.load(bad, {"HiddenSize": 20})
 
 
 @pytest.mark.parametrize("text,needle", [

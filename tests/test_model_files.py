@@ -190,6 +190,17 @@ def test_load_model_takes_uint8_or_float_flat_or_square(trained):
         model.predict(images[:, :100])
 
 
+def test_as_input_refuses_integer_pixels_other_than_uint8():
+    # int64 pixels of 0..255 taken as already-scaled floats would give confident nonsense.
+    from nnmnist.model import as_input
+    pixels = np.arange(2 * 784).reshape(2, 784) % 256
+    np.testing.assert_array_equal(as_input(pixels.astype(np.uint8), 784),
+                                  pixels.astype(np.float32) / 255)
+    for dtype in (np.int64, np.int32, np.uint16, bool):
+        with pytest.raises(ValueError, match="must be uint8"):
+            as_input(pixels.astype(dtype), 784)
+
+
 def test_export_matches_the_masked_network(trained, tmp_path):
     data, log = trained
     ckpt = log.with_name(log.name[:-4] + ".ckpt.npz")

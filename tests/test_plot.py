@@ -51,6 +51,22 @@ def test_curves_of_a_run_still_going(tmp_path, tiny_splits):
     assert_png(out)
 
 
+def test_curves_after_a_hard_kill_and_resume_count_each_part_once(tmp_path):
+    # kill -9 after part (1, 1) left records past the checkpoint of the end of epoch 0; the
+    # resumed run replays from (1, 0). The replayed records replace the ones written before.
+    def part(epoch, p, dev):
+        return {"type": "part", "epoch": epoch, "part": p, "dev_acc": dev, "train_loss": 1.0,
+                "dev_loss": 1.0}
+    records = [{"type": "start"}, part(0, 0, 90), part(0, 1, 91), part(1, 0, 80), part(1, 1, 81),
+               {"type": "resume", "epoch": 1, "part": 0},
+               part(1, 0, 92), part(1, 1, 93), {"type": "summary", "run_name": "r", "seed": 1}]
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    m = plot.read_metrics(path)
+    assert [(r["epoch"], r["part"], r["dev_acc"]) for r in m.parts] == \
+        [(0, 0, 90), (0, 1, 91), (1, 0, 92), (1, 1, 93)]
+
+
 def results_rows():
     rows = []
     for net, field, ks in (("mlptop", "TrainTop", (10, 20, 40)), ("mlprand", "TrainTop", (10, 20, 40)),

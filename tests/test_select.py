@@ -121,3 +121,45 @@ def test_selection_knows_its_rows():
     per_example.count_hits(c, hits)
     shared.count_hits(c, hits)
     np.testing.assert_array_equal(hits, [3, 1, 0, 0, 2, 3, 0, 1, 0])
+
+
+@pytest.mark.parametrize("rule", [TopK(13), RandomK(13), UnifiedTopK(13), LargestK(13)])
+def test_a_rule_wider_than_its_layer_is_refused(rule):
+    with pytest.raises(ValueError, match="k = 13.*12"):
+        Dense(9, 12, np.random.default_rng(0), NumpyCompute(), rule)
+    with pytest.raises(ValueError, match="k = 13.*12"):
+        MaskedDense(9, 12, np.random.default_rng(0), NumpyCompute(), rule)
+
+
+@pytest.mark.parametrize("k", [0, -3])
+def test_a_rule_keeps_at_least_one_entry(k):
+    with pytest.raises(ValueError, match=f"k = {k}"):
+        TopK(k)
+
+
+def test_a_k_raised_after_construction_is_an_error_not_a_crash():
+    # The fused kernels write k entries per row; a k above the layer's width must never reach
+    # them (it once ended the process with a segmentation fault). Run apart from pytest's
+    # process, so that a crash fails this test instead of the whole session.
+    import subprocess
+    import sys
+    code = """if True:
+        import numpy as np
+        from nnmnist.compute import NumbaCompute
+        from nnmnist.layers import Dense
+        from nnmnist.select import TopK
+        from nnmnist.tensor import Flow, Tensor
+        c = NumbaCompute()
+        layer = Dense(9, 12, np.random.default_rng(3), c, TopK(4))
+        layer.rule.k = 40
+        flow = Flow()
+        y = layer.activate(flow, Tensor(np.ones((7, 9), np.float32), requires_grad=True))
+        y.grad = np.ones((7, 12), np.float32)
+        try:
+            flow.backward()
+        except ValueError as exc:
+            print("ValueError", exc)
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("ValueError") and "k = 40" in out.stdout
