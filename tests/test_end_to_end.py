@@ -1,4 +1,4 @@
-"""Whole runs: the log's lines in docs/ORIGINAL.md §9's order, parameter counts, determinism, and run.py."""
+"""Whole runs: the log lines in docs/ORIGINAL.md §9's order, parameter counts, determinism."""
 import json
 import re
 import subprocess

@@ -1,4 +1,4 @@
-"""Each optimizer stepped side by side with docs/ORIGINAL.md §5's equations written out in float64."""
+"""Each optimizer stepped beside docs/ORIGINAL.md §5's equations written out in float64."""
 import math
 
 import numpy as np
