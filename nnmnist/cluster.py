@@ -21,6 +21,7 @@ but the scheduler's connections:
 Dask is imported only when a `DaskExecutor` is made; the worker side needs no more than nnmnist
 itself (and Dask, which runs it).
 """
+import collections
 import concurrent.futures as cf
 import contextlib
 import hashlib
@@ -246,6 +247,24 @@ def write_back(run_dir, files, worker=None):
         raise
 
 
+def _probe(address, timeout):
+    """Open and close one connection to the scheduler, handshake included, within `timeout`.
+
+    Dask's own connect bounds the TCP connection but not the handshake after it, so a port that
+    accepts connections and never answers would otherwise hang the client.
+    """
+    import asyncio
+    from distributed.comm import connect
+
+    async def once():
+        comm = await asyncio.wait_for(connect(address, timeout=timeout), timeout)
+        await comm.close()
+    try:
+        asyncio.run(once())
+    except asyncio.TimeoutError:
+        raise TimeoutError(f"no handshake from {address} after {timeout:g} s") from None
+
+
 def _worker_died_message(exc, retries):
     return (f"the worker running it died {retries + 1} time(s) (--retries {retries}); "
             f"last on {getattr(exc, 'last_worker', None) and exc.last_worker.address or 'a worker'}")
@@ -271,8 +290,11 @@ class DaskExecutor(sweep.Executor):
         self.cluster = None
         self._restore_failures = None
         self._lock = threading.Lock()
-        self._futures = {}
-        self._cancelled = False
+        self._wake = threading.Condition(self._lock)
+        self._queue = collections.deque()  # (task, driver's future) not yet given to the scheduler
+        self._futures = {}  # key -> Dask future, of the runs given to the scheduler
+        self._cancelled = self._closing = False
+        self._feeder = None
         if scheduler is None:
             # The scheduler of a LocalCluster lives in this process, so its config is ours to set.
             with dask.config.set({"distributed.scheduler.allowed-failures": retries}):
@@ -304,6 +326,7 @@ class DaskExecutor(sweep.Executor):
         address = given if "://" in given else "tcp://" + given
         logging.getLogger("distributed").setLevel(logging.ERROR)  # its retries are not the user's concern
         try:
+            _probe(address, timeout)
             client = self._distributed.Client(address, timeout=timeout)
         except (OSError, TimeoutError) as exc:
             raise UserError(f"--scheduler {given}: no Dask scheduler answered within {timeout:g} s "
@@ -358,23 +381,51 @@ class DaskExecutor(sweep.Executor):
             raise UserError(problems[0] + more)
 
     # -- running
+    #
+    # Runs wait here, not at the scheduler: only as many are given to it as the cluster has
+    # threads. The scheduler would otherwise hand a worker several runs at once, and a worker
+    # that dies counts as a failure of every run it holds, even those that never started.
 
     def submit(self, task):
         result = cf.Future()
         result.set_running_or_notify_cancel()
-        fut = self.client.submit(run_on_worker, task, self.base_name, self.base_text, self.identity,
-                                 self.token, self.offline, key=f"run-{task.run_id}-{self.token}",
-                                 pure=False)
         with self._lock:
-            self._futures[fut.key] = fut
-        fut.add_done_callback(lambda f: self._finish(f, task, result))
+            self._queue.append((task, result))
+            if self._feeder is None:
+                self._feeder = threading.Thread(target=self._feed, name="sweep-dask-feeder", daemon=True)
+                self._feeder.start()
+            self._wake.notify()
         return result
+
+    def _threads(self):
+        try:
+            return sum(self.client.nthreads().values())
+        except Exception:  # the scheduler is busy or gone; try again later
+            return 0
+
+    def _feed(self):
+        while True:
+            threads = self._threads()
+            with self._lock:
+                if self._cancelled or self._closing:
+                    return
+                if not self._queue or len(self._futures) >= threads:
+                    # woken by a new run or a finished one; a timeout to see workers come and go
+                    self._wake.wait(timeout=0.5)
+                    continue
+                task, result = self._queue.popleft()
+                fut = self.client.submit(run_on_worker, task, self.base_name, self.base_text,
+                                         self.identity, self.token, self.offline,
+                                         key=f"run-{task.run_id}-{self.token}", pure=False)
+                self._futures[fut.key] = fut
+            fut.add_done_callback(lambda f, task=task, result=result: self._finish(f, task, result))
 
     def _finish(self, fut, task, result):
         """On Dask's callback thread: write the run's files back and resolve the driver's future."""
         try:
             with self._lock:
                 self._futures.pop(fut.key, None)
+                self._wake.notify()
                 if self._cancelled:
                     result.set_exception(cf.CancelledError())
                     return
@@ -403,10 +454,18 @@ class DaskExecutor(sweep.Executor):
         return sweep.collect_outcome(task.run_id, task.run_dir, got["returncode"], got["seconds"])
 
     def shutdown(self, cancel=False):
+        with self._lock:
+            self._closing = True
+            self._cancelled = self._cancelled or cancel
+            waiting = list(self._queue)
+            self._queue.clear()
+            futures = list(self._futures.values())
+            self._wake.notify_all()
+        for _, result in waiting:
+            result.set_exception(cf.CancelledError())
+        if self._feeder is not None:
+            self._feeder.join(timeout=10)
         if cancel:
-            with self._lock:
-                self._cancelled = True
-                futures = list(self._futures.values())
             try:
                 if futures:
                     self.client.cancel(futures, force=True)
