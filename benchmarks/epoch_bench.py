@@ -38,7 +38,7 @@ import subprocess  # noqa: E402
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
 from nnmnist.config import Config  # noqa: E402
-from nnmnist.data import load_mnist  # noqa: E402
+from nnmnist.data import find_mnist_dir, load_mnist  # noqa: E402
 from nnmnist.train import Timer, Trainer  # noqa: E402
 
 # The original C# program, one core, per epoch (fp, bp, update seconds), as measured by its
@@ -58,8 +58,7 @@ CASES = [
 
 
 def find_mnist():
-    shared = REPO.parent / "shared" / "data" / "mnist"
-    data_dir = shared if (shared / "train-images.idx3-ubyte.gz").exists() else REPO / "data"
+    data_dir = find_mnist_dir() or REPO / "data"
     return load_mnist(Config(DataDir=str(data_dir)), allow_fetch=True, log=lambda *a: None)
 
 

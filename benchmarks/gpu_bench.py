@@ -34,8 +34,9 @@ from nnmnist.config import Config  # noqa: E402
 from nnmnist.runlog import RunLog  # noqa: E402
 from nnmnist.train import Timer, Trainer, train_and_evaluate  # noqa: E402
 
-MNIST_DIRS = [REPO.parent / "shared" / "data" / "mnist", REPO / "shared" / "data" / "mnist",
-              REPO / "data"]
+from nnmnist.data import mnist_dirs  # noqa: E402
+
+MNIST_DIRS = mnist_dirs()
 
 from epoch_bench import CASES as NETS  # noqa: E402  (the rows of the CPU benchmark)
 

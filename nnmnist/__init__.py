@@ -9,3 +9,9 @@ import os
 # imported, for OpenBLAS); a value the user set explicitly always wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+
+def load_model(path):
+    """A trained network from a model file, with `predict` and `predict_proba` (see nnmnist.model)."""
+    from .model import load_model as load
+    return load(path)

@@ -1,10 +1,12 @@
 """`python run.py [CONFIG]`: parse, load, train, with one-line errors for user mistakes."""
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from . import config as config_mod
+from . import fsio
 from .errors import UserError, report_errors
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -14,11 +16,13 @@ def parse_override(text):
     """`Name=Value` with a JSON value (bare words are taken as strings)."""
     name, sep, value = text.partition("=")
     if not sep or not name:
-        raise UserError(f"--set {text!r}: expected Name=Value, for example --set MaxEpoch=1")
+        raise UserError(f"--set {fsio.shorten(repr(text))}: expected Name=Value, for example --set MaxEpoch=1")
     try:
         return name, json.loads(value)
     except json.JSONDecodeError:
         return name, value
+    except RecursionError:
+        raise UserError(f"--set {fsio.shorten(name)}: the value is nested too deeply") from None
 
 
 def build_parser():
@@ -27,7 +31,7 @@ def build_parser():
         description="Train an MLP on MNIST with backprop (mlp), meProp (mlptop, mlprand) or "
                     "meSimp (mlpvar), as the config's NetType says. The log is written beside "
                     "run.py as {run name}-log-{timestamp}.txt.")
-    p.add_argument("config", nargs="?", default=str(PROJECT_DIR / "configs" / "default.json"),
+    p.add_argument("config", nargs="?", default=None,
                    help="JSON config with the original's PascalCase fields (default: configs/default.json)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
                    help="override a config field, e.g. --set MaxEpoch=1 --set NetType=mlptop")
@@ -36,6 +40,9 @@ def build_parser():
     p.add_argument("--offline", action="store_true",
                    help="never download MNIST; a missing data file is an error")
     p.add_argument("--quiet", action="store_true", help="no console output (the log file is still written)")
+    p.add_argument("--resume", metavar="CKPT",
+                   help="continue the run of a .ckpt.npz checkpoint to MaxEpoch, appending to its "
+                        "log (--set may change fields that keep the network's shape, e.g. MaxEpoch)")
     return p
 
 
@@ -44,22 +51,48 @@ def main(argv=None, log_dir_default=None):
     return report_errors(run, args, log_dir_default or PROJECT_DIR) or 0
 
 
+def usable_cores():
+    """The cores this process may run on (its CPU affinity where the platform tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def capped_threads(threads, source):
+    """Threads, at most the usable cores (more threads than cores only slow BLAS down), with a
+    one-line warning when it had to be cut."""
+    cores = usable_cores()
+    if threads > cores:
+        print(f"warning: {source}: Threads = {threads} is more than the {cores} cores this "
+              f"process may use; using {cores}", file=sys.stderr)
+        return cores
+    return threads
+
+
 def run(args, log_dir_default):
     """Load and check everything that can fail on user input before the log file is created."""
+    from .procs import die_with_parent
+    die_with_parent()  # a run started by a sweep ends with it
     overrides = dict(parse_override(t) for t in args.overrides)
     if args.backend:
         overrides["Backend"] = args.backend
+    if args.resume:
+        from .resume import resume_run
+        return resume_run(args, overrides)
+    args.config = args.config or str(PROJECT_DIR / "configs" / "default.json")
     cfg = config_mod.load(args.config, overrides)
     # Imported here so that `--help` and config errors stay fast.
     from .backend import get_xp
     from .data import load_mnist
-    from .runlog import RunLog, log_path
+    from .runlog import open_run_log
     from .train import Trainer
     get_xp(cfg.Backend)
     for note in cfg.ignored_settings():
         print(f"warning: {args.config}: {note}", file=sys.stderr)
     if cfg.Backend != "gpu":
         from .kernels import set_num_threads
+        cfg.Threads = capped_threads(cfg.Threads, args.config)
         set_num_threads(cfg.Threads)  # 0 restores the libraries' defaults
     log_dir = Path(args.log_dir or cfg.LogDir or log_dir_default)
     if not log_dir.is_dir():
@@ -74,10 +107,16 @@ def run(args, log_dir_default):
         raise UserError(f"{args.config}: not enough memory for this network "
                         f"(HiddenSize = {cfg.HiddenSize}, Layers = {cfg.Layers})") from None
     try:
-        log = RunLog(log_path(log_dir, cfg.run_name()), console=console)
+        log = open_run_log(log_dir, cfg.run_name(), console=console)
     except OSError as exc:
-        raise UserError(f"cannot write a log in {log_dir}: {exc.strerror}") from None
-    with log:
+        raise UserError(f"cannot write a log in {log_dir}: {fsio.os_reason(exc)}") from None
+    from .checkpoint import best_path, checkpoint_path
+    trainer.checkpoint_file, trainer.best_file = checkpoint_path(log.path), best_path(log.path)
+    trainer.config_dir = str(Path(args.config).resolve().parent)
+    import numpy as np
+    # A diverging run is stopped with its own message (train.Trainer.check_divergence), so
+    # NumPy's overflow warnings on the way there would only bury it.
+    with log, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         trainer.train(log)
         if console:
             print(f"log written to {log.path}", file=sys.stderr)

@@ -3,12 +3,11 @@
 Field names are the original C# program's PascalCase names, so its config files run unchanged.
 Fields after the first block are extensions of ours; their defaults keep the original behaviour.
 """
-import difflib
 import json
 import math
 from dataclasses import dataclass, fields
-from pathlib import Path
 
+from . import fsio
 from .errors import UserError
 
 NET_TYPES = ("mlp", "mlprand", "mlptop", "mlpvar")
@@ -52,6 +51,8 @@ class Config:
     Threads: int = 1             # Numba and BLAS threads; 0 = the libraries' defaults (all cores)
     DataDir: str = ""            # where bare data-file names are looked up ("" = data/ beside run.py)
     LogDir: str = ""             # where the log is written ("" = beside run.py)
+    Compact: bool = True         # mlpvar: remove pruned neurons (False: keep them, masked)
+    AllowDivergence: bool = False  # keep training when the training loss is NaN, infinite or huge
 
     @property
     def uses_k(self):
@@ -111,7 +112,11 @@ def format_value(v):
 
 
 def _field_error(source, name, value, why):
-    return UserError(f"{source}: field {name} = {json.dumps(value)}: {why}")
+    try:
+        shown = json.dumps(value)
+    except (RecursionError, ValueError):
+        shown = "(a value nested too deeply to show)"
+    return UserError(f"{source}: field {name} = {fsio.shorten(shown)}: {why}")
 
 
 def _coerce(source, name, value):
@@ -187,40 +192,35 @@ def from_dict(raw, source="config"):
     """Build a validated Config from a dict of PascalCase fields; unknown fields are errors."""
     if not isinstance(raw, dict):
         raise UserError(f"{source}: the top level must be a JSON object, not {type(raw).__name__}")
-    values = {}
+    values = {name: _coerce(source, name, value)
+              for name, value in _canonical_items(raw, source).items()}
+    return validate(Config(**values), source)
+
+
+def _canonical_items(raw, source):
+    """raw's items under canonical field names; one field given twice (in any case) is an error."""
+    out, keys = {}, {}
     for key, value in raw.items():
         name = canonical_field(key, source)
-        values[name] = _coerce(source, name, value)
-    return validate(Config(**values), source)
+        if name in out:
+            raise UserError(f"{source}: field {name} is given twice "
+                            f"(as {fsio.shorten(repr(keys[name]))} and {fsio.shorten(repr(key))})")
+        out[name], keys[name] = value, key
+    return out
 
 
 def canonical_field(key, source="config"):
     """The field a key names (case-insensitively); an unknown key is an error with a hint."""
     name = _BY_LOWER.get(str(key).lower())
     if name is None:
-        close = difflib.get_close_matches(str(key), FIELD_TYPES, n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]}?" if close else ""
-        raise UserError(f"{source}: unknown field {key!r}{hint}")
+        hint = fsio.did_you_mean(key, FIELD_TYPES)
+        raise UserError(f"{source}: unknown field {fsio.shorten(repr(key))}{hint}")
     return name
 
 
 def load(path, overrides=None):
     """Read a JSON config (a UTF-8 BOM is allowed), apply overrides, and validate it."""
-    path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise UserError(f"{path}: config file not found") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a folder, not a config file") from None
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    raw = fsio.read_json(path, "config file")
     if isinstance(raw, dict) and overrides:
         checked = {}
         for key, value in overrides.items():  # an override's own mistakes are the flag's
@@ -228,5 +228,5 @@ def load(path, overrides=None):
             _coerce(f"--set {key}", name, value)
             checked[name] = value
         # Canonical names on both sides, so that an override replaces a differently-cased key.
-        raw = {**{canonical_field(k, str(path)): v for k, v in raw.items()}, **checked}
+        raw = {**_canonical_items(raw, str(path)), **checked}
     return from_dict(raw, source=str(path))

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import fetch
+from . import fetch, fsio
 from .errors import UserError, report_errors
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -150,8 +150,41 @@ def candidate_paths(name, data_dir, config_dir=None):
 
 
 def resolve_data_file(name, data_dir, config_dir=None):
-    """The first existing candidate path for a data file name, or None."""
-    return next((p for p in candidate_paths(name, data_dir, config_dir) if p.is_file()), None)
+    """The first existing candidate path for a data file name, or None. A candidate that exists
+    but is not a regular file (a folder, a link to a device, a broken link) is an error: it is
+    the user's, so it is neither skipped nor downloaded over."""
+    for path in candidate_paths(name, data_dir, config_dir):
+        kind = fsio.file_kind(path)
+        if kind is not None:
+            raise UserError(f"{path}: is {kind}, not an MNIST data file; "
+                            "move it away or point the config at the real file")
+        if path.is_file():
+            return path
+    return None
+
+
+MNIST_DIR_ENV = "NNMNIST_MNIST_DIR"
+
+
+def mnist_dirs():
+    """Folders that may hold a copy of MNIST, in the order tests and benchmarks try them:
+    $NNMNIST_MNIST_DIR, data/ beside run.py, then shared/data/mnist beside the checkout or in it."""
+    root = DEFAULT_DATA_DIR.parent
+    dirs = [Path(os.environ[MNIST_DIR_ENV]).expanduser()] if os.environ.get(MNIST_DIR_ENV) else []
+    return dirs + [DEFAULT_DATA_DIR, root.parent / "shared" / "data" / "mnist",
+                   root / "shared" / "data" / "mnist"]
+
+
+def find_mnist_dir():
+    """The first of mnist_dirs() that holds all four MNIST files (either naming style, raw or
+    .gz), or None."""
+    for folder in mnist_dirs():
+        try:
+            if all(resolve_data_file(key, folder) for key in fetch.MNIST_MD5):
+                return folder
+        except UserError:
+            continue
+    return None
 
 
 # ---------------------------------------------------------------- loading and splitting

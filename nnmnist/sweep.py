@@ -30,9 +30,9 @@ workers share (or must copy each run folder back), since resuming looks for the 
 """
 import argparse
 import concurrent.futures as cf
+import contextlib
 import csv
 import dataclasses
-import difflib
 import hashlib
 import io
 import itertools
@@ -41,17 +41,17 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 from . import config as config_mod
-from .errors import UserError, report_errors
+from . import fsio
+from .errors import TERMINATE_STATUS, INTERRUPT_STATUS, Terminated, UserError, report_errors
+from .procs import PARENT_ENV, pid_alive
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 RUN_PY = PROJECT_DIR / "run.py"
@@ -120,21 +120,6 @@ def run_id_of(overrides):
     return f"{safe[:MAX_ID_LEN - 9]}-{digest}"
 
 
-def _read_json(path, what):
-    try:
-        text = Path(path).read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise UserError(f"{path}: {what} not found") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a folder, not a {what}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-
-
 def _resolve_base(spec_path, base):
     candidates = [Path(base).expanduser()]
     if not candidates[0].is_absolute():
@@ -149,22 +134,21 @@ def _resolve_base(spec_path, base):
 def _check_fields(spec_path, where, names):
     for name in names:
         if name not in config_mod.FIELD_TYPES:
-            close = difflib.get_close_matches(name, config_mod.FIELD_TYPES, n=1, cutoff=0.0)
-            hint = f"; did you mean {close[0]}?" if close else ""
-            raise UserError(f"{spec_path}: {where}: unknown field {name!r}{hint}")
+            hint = fsio.did_you_mean(name, config_mod.FIELD_TYPES)
+            raise UserError(f"{spec_path}: {where}: unknown field {fsio.shorten(repr(name))}{hint}")
 
 
 def load_spec(spec_path):
     """Read and check a spec's shape; return (base path, set dict, grid dict, runs list)."""
     spec_path = Path(spec_path)
-    spec = _read_json(spec_path, "sweep spec")
+    spec = fsio.read_json(spec_path, "sweep spec")
     if not isinstance(spec, dict):
         raise UserError(f"{spec_path}: the top level must be a JSON object, not {type(spec).__name__}")
     for key in spec:
         if key not in SPEC_KEYS:
-            close = difflib.get_close_matches(key, SPEC_KEYS, n=1, cutoff=0.5)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise UserError(f"{spec_path}: unknown key {key!r}{hint} (allowed: {', '.join(SPEC_KEYS)})")
+            hint = fsio.did_you_mean(key, SPEC_KEYS, cutoff=0.5, quote=True)
+            raise UserError(f"{spec_path}: unknown key {fsio.shorten(repr(key))}{hint} "
+                            f"(allowed: {', '.join(SPEC_KEYS)})")
     base = spec.get("base")
     if base is None:
         base_path = DEFAULT_BASE
@@ -265,7 +249,8 @@ def find_summary(run_dir):
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 break
-            if isinstance(rec, dict) and rec.get("type") == "summary":
+            if (isinstance(rec, dict) and rec.get("type") == "summary"
+                    and rec.get("stopped", "completed") == "completed"):  # not diverged/interrupted
                 log = metrics.with_name(metrics.name[:-len(".jsonl")] + ".txt")
                 return rec, str(log)
             break
@@ -291,13 +276,17 @@ def execute_run(task, on_start=None):
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    (run_dir / "run.json").write_text(json.dumps({
+    (run_dir / "run.json").write_text(fsio.dumps({
         "run_id": task.run_id, "overrides": task.overrides, "set": task.set_fields,
         "command": shlex.join(task.command), "cwd": task.cwd}, indent=2) + "\n", encoding="utf-8")
     start = time.monotonic()
     with open(run_dir / "stdout.txt", "wb") as out, open(run_dir / "stderr.txt", "wb") as err:
+        fsio.reserve(err.fileno(), STDERR_RESERVE)  # so that a full disk cannot swallow the reason
+        # The run ends when this process does (procs.die_with_parent) and, while it lives,
+        # holds this folder's sweep lock with us (an inherited descriptor of the locked file).
         proc = subprocess.Popen(task.command, cwd=task.cwd, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=err)
+                                stdout=out, stderr=err, pass_fds=SweepLock.held_fds(),
+                                env={**os.environ, PARENT_ENV: str(os.getpid())})
         if on_start is not None:
             on_start(proc)
         returncode = proc.wait()
@@ -313,6 +302,83 @@ def collect_outcome(run_id, run_dir, returncode, seconds):
     elif summary is None:
         error = "the run ended without a summary record"
     return RunOutcome(run_id, returncode, seconds, summary, log_file, error)
+
+
+STDERR_RESERVE = 16384  # bytes of disk set aside for each run's stderr.txt
+
+
+class SweepLock:
+    """OUT/.sweep.lock: an exclusive lock held by a sweep and the runs it starts, with the
+    sweep's PID in the file. A second sweep on the same folder refuses while any of them lives.
+
+    Where fcntl exists the lock is flock() on the file, inherited by the runs; elsewhere the
+    file holds the PID and a lock whose process is gone is taken over."""
+
+    NAME = ".sweep.lock"
+    _held = []  # descriptors of the locks this process holds (the runs inherit them)
+
+    def __init__(self, out):
+        self.path = Path(out) / self.NAME
+        self.fd = None
+
+    @classmethod
+    def held_fds(cls):
+        return tuple(cls._held)
+
+    def _refuse(self, pid):
+        who = f"another sweep (PID {pid})" if pid else "another sweep"
+        raise UserError(f"{self.path.parent} is in use by {who} or by runs it started; "
+                        "wait for them to end, or use another --out")
+
+    def _owner(self):
+        try:
+            text = self.path.read_text(encoding="utf-8").strip()
+        except OSError:
+            return None
+        return int(text) if text.isdigit() else None
+
+    def acquire(self):
+        try:
+            import fcntl
+        except ImportError:
+            fcntl = None
+        try:
+            if fcntl is None:
+                owner = self._owner()
+                if owner is not None and owner != os.getpid() and pid_alive(owner):
+                    self._refuse(owner)
+                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            else:
+                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+                try:
+                    fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(self.fd)
+                    self.fd = None
+                    self._refuse(self._owner())
+            os.ftruncate(self.fd, 0)
+            fsio.write_all(self.fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
+            raise fsio.WriteError(self.path, exc) from None
+        if fcntl is not None:  # only a flock is shared through inherited descriptors
+            SweepLock._held.append(self.fd)
+        return self
+
+    def release(self):
+        if self.fd is not None:
+            if self.fd in SweepLock._held:
+                SweepLock._held.remove(self.fd)
+            os.close(self.fd)  # the file stays: unlinking it under a live run would void its lock
+            self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
 
 
 # ---------------------------------------------------------------- executors
@@ -421,26 +487,11 @@ def result_row(task, status, out, summary=None, outcome=None, log_file=None):
     }
 
 
-def _write_atomic(path, text):
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_results(plan, rows):
     """OUT/results.json (rows with overrides and config) and OUT/results.csv (one column per override field)."""
     doc = {"spec": str(plan.spec_path.resolve()), "base": str(plan.base), "set": plan.fixed,
            "override_fields": plan.override_fields, "runs": rows}
-    _write_atomic(plan.out / "results.json", json.dumps(doc, indent=1) + "\n")
+    fsio.atomic_write(plan.out / "results.json", fsio.dumps(doc, indent=1) + "\n")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["run_id", "status", *plan.override_fields, *CSV_METRICS])
@@ -453,7 +504,7 @@ def write_results(plan, rows):
                 v = " ".join(map(str, v))
             cells.append("" if v is None else v)
         w.writerow(cells)
-    _write_atomic(plan.out / "results.csv", buf.getvalue())
+    fsio.atomic_write(plan.out / "results.csv", buf.getvalue())
 
 
 # ---------------------------------------------------------------- the driver
@@ -506,14 +557,43 @@ def _prefetch(tasks, config_dir, offline):
                       flush=True)
 
 
+def _refuse_other_results(plan):
+    """An OUT whose results list runs this plan does not have belongs to another spec: writing
+    this plan's results there would drop those rows, so that is refused."""
+    path = plan.out / "results.json"
+    if not path.exists():
+        return
+    try:
+        doc = fsio.read_json(path, "sweep results file")
+        ids = [r["run_id"] for r in doc["runs"]]
+    except (UserError, KeyError, TypeError):
+        raise UserError(f"{path} is not a results file this sweep can extend; "
+                        "use another --out or move it away") from None
+    ours = {t.run_id for t in plan.tasks}
+    other = [i for i in ids if i not in ours]
+    if other:
+        raise UserError(f"{plan.out} holds results of another spec ({fsio.shorten(doc.get('spec'))}) "
+                        f"with {len(other)} run(s) not in {plan.spec_path}, such as "
+                        f"{fsio.shorten(other[0])}; they would be dropped from results.csv: "
+                        "use another --out")
+
+
 def run_sweep(plan, jobs, executor=None, dry_run=False, offline=False, echo=print,
               make_executor=None, progress=False):
     """Skip finished runs, run the rest, rewrite the results after each; return the exit status.
 
     The runs go to `executor`, else to `make_executor()` (called only when there is something
     to run), else to a LocalPoolExecutor of `jobs`. `progress` shows a bar of runs done/total
-    on stderr when it is a terminal.
+    on stderr when it is a terminal. OUT is locked (SweepLock) from before its first file is
+    written until the sweep ends; local runs share the lock.
     """
+    with contextlib.ExitStack() as lock:
+        return _run_sweep(plan, jobs, executor, dry_run, offline, echo, make_executor, progress,
+                          lock)
+
+
+def _run_sweep(plan, jobs, executor, dry_run, offline, echo, make_executor, progress, lock):
+    _refuse_other_results(plan)
     rows, todo = {}, []
     for t in plan.tasks:
         summary, log_file = find_summary(t.run_dir)
@@ -538,6 +618,12 @@ def run_sweep(plan, jobs, executor=None, dry_run=False, offline=False, echo=prin
     if todo and executor is None:  # first, so that a cluster that cannot be reached writes nothing
         executor = make_executor() if make_executor else LocalPoolExecutor(jobs)
     plan.out.mkdir(parents=True, exist_ok=True)
+    try:
+        lock.enter_context(SweepLock(plan.out))
+    except UserError:
+        if executor is not None:
+            executor.shutdown(cancel=True)
+        raise
     (plan.out / "runs").mkdir(exist_ok=True)
 
     def save():
@@ -577,12 +663,12 @@ def run_sweep(plan, jobs, executor=None, dry_run=False, offline=False, echo=prin
             save()
             if bar is not None:
                 bar.update(1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (errors.Terminated)
         executor.shutdown(cancel=True)
         save()
         echo("interrupted; run the same command again to resume")
-        return 130
-    except BaseException:
+        return TERMINATE_STATUS if isinstance(exc, Terminated) else INTERRUPT_STATUS
+    except BaseException:  # results that cannot be written (a full disk), ...: stop the runs too
         executor.shutdown(cancel=True)
         raise
     finally:
@@ -615,7 +701,7 @@ def load_results(out):
     path = Path(out)
     if path.is_dir():
         path = path / "results.json"
-    doc = _read_json(path, "sweep results file")
+    doc = fsio.read_json(path, "sweep results file")
     rows = doc.get("runs") if isinstance(doc, dict) else doc
     if not isinstance(rows, list):
         raise UserError(f"{path}: not a sweep results file (no list of runs)")
@@ -629,9 +715,8 @@ def summarize(out, by=None):
         by = [f for f in doc.get("override_fields", []) if f != "RandomSeed"]
     for f in by:
         if f not in config_mod.FIELD_TYPES:
-            close = difflib.get_close_matches(f, config_mod.FIELD_TYPES, n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]}?" if close else ""
-            raise UserError(f"--by: unknown field {f!r}{hint}")
+            hint = fsio.did_you_mean(f, config_mod.FIELD_TYPES)
+            raise UserError(f"--by: unknown field {fsio.shorten(repr(f))}{hint}")
     done = [r for r in rows if r.get("status") == "done"]
     groups = {}
     for r in done:
@@ -710,23 +795,6 @@ def build_summarize_parser():
     return p
 
 
-class _sigterm_as_interrupt:
-    """While running, SIGTERM stops the sweep as Ctrl-C does: its runs are stopped, the results saved."""
-
-    def __enter__(self):
-        self.previous = None
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, self._raise)
-
-    @staticmethod
-    def _raise(signum, frame):
-        raise KeyboardInterrupt
-
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
-
-
 def _main(argv):
     if argv and argv[0] == "summarize":
         args = build_summarize_parser().parse_args(argv[1:])
@@ -745,10 +813,10 @@ def _main(argv):
 
     def make_executor():
         return dask_executor(plan, jobs, echo)
-    with _sigterm_as_interrupt():
-        return run_sweep(plan, jobs, dry_run=args.dry_run, offline=args.offline, echo=echo,
-                         make_executor=make_executor if dask_executor else None,
-                         progress=dask_executor is not None)
+    # SIGTERM stops the sweep as Ctrl-C does (report_errors raises it as errors.Terminated).
+    return run_sweep(plan, jobs, dry_run=args.dry_run, offline=args.offline, echo=echo,
+                     make_executor=make_executor if dask_executor else None,
+                     progress=dask_executor is not None)
 
 
 def _dask_options(args):

@@ -1,17 +1,22 @@
 """The training run of the original: shuffle, cut into parts, train, evaluate, meSimp cycle, log."""
+import math
 import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .compact import compact
 from .compute import get_compute
-from .errors import UserError
+from .errors import RunError, UserError, interrupt_name
 from .networks import MLP
 from .optim import make_optimizer
 from .runlog import RunLog
+from .state import Position, capture, network_arrays, network_meta, restore
 from .tensor import Flow
 
 RULE = "#" * 20
+# A mean training loss above this has diverged as surely as a NaN (chance level is ln 10 = 2.3).
+DIVERGED_LOSS = 1e6
 
 
 def effective_seed(seed):
@@ -114,6 +119,12 @@ class Trainer:
         self.opt = make_optimizer(cfg, self.model.params, self.compute, len(splits.trn_y))
         self.order = np.arange(len(splits.trn_y))
         self.result = Result(param_count=self.model.param_count)
+        self.position = None          # where a resumed run continues (state.Position)
+        self.checkpoint_file = None   # where to keep the checkpoint (None: keep none)
+        self.best_file = None         # where to keep the best-dev model (None: keep none)
+        self.config_dir = None        # the config's folder, stored so a resume finds the data
+        self._snapshot = self._best = None
+        self.at = None  # "epoch E part P" while training
 
     def train(self, log):
         """Log the header, train for MaxEpoch epochs and log the end; return the Result."""
@@ -122,9 +133,82 @@ class Trainer:
         log_header(self.cfg, self, log)
         log.record({"type": "start", "run_name": self.cfg.run_name(), "seed": self.seed})
         log(f"{RULE} Run Start")
-        result = self.run()
+        try:
+            result = self.run()
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM raised as errors.Terminated
+            self.mark_stop("interrupted", f"interrupted by {interrupt_name(exc)} "
+                                          f"during {self.at or 'the start'}")
+            raise
         log(f"{RULE} Run End")
         return result
+
+    def resume(self, log, model_file):
+        """Continue a checkpoint's run to MaxEpoch, appending to its log; return the Result."""
+        self.position = restore(self, model_file)
+        self.log = log
+        self.compute.warmup()
+        p = self.position
+        log.record({"type": "resume", "run_name": self.cfg.run_name(), "seed": self.seed,
+                    "epoch": p.epoch, "part": p.part})
+        log(f"{RULE} Run Resume at {p.epoch:02d}:{p.part:02d}")
+        try:
+            result = self.run()
+        except KeyboardInterrupt as exc:  # as in `train`: the log says where it stopped
+            self.mark_stop("interrupted", f"interrupted by {interrupt_name(exc)} "
+                                          f"during {self.at or 'the start'}")
+            raise
+        log(f"{RULE} Run End")
+        return result
+
+    def keep(self, epoch, part, timer, total):
+        """Remember the state at a part boundary (the next part is `part` of `epoch`)."""
+        if self.checkpoint_file is None:
+            return
+        t = lambda x: [x.fp, x.bp, x.update]  # noqa: E731
+        self._snapshot = capture(self, Position(epoch, part, t(timer), t(total)))
+
+    def keep_best(self):
+        if self.best_file is not None:
+            self._best = ({"network": network_meta(self.model)}, network_arrays(self.model))
+
+    def write_files(self):
+        """Write the remembered checkpoint and, if it changed, the best-dev model."""
+        from .checkpoint import config_meta, save
+        from .fsio import os_reason
+        files = [(self.checkpoint_file, "checkpoint", self._snapshot), (self.best_file, "best", self._best)]
+        for path, kind, kept in files:
+            if kept is None:
+                continue
+            try:
+                save(path, kind, {**config_meta(self.cfg), **kept[0]}, kept[1])
+            except OSError as exc:
+                raise RunError(f"{path}: cannot write the {kind} file ({os_reason(exc)})") from None
+        self._best = None
+    def mark_stop(self, why, reason):
+        """Note in the log and the metrics that the run stopped early, and why. A log that can
+        no longer be written (the disk that stopped the run) is left as it is."""
+        try:
+            self.log(f"Run stopped: {reason}")
+            self.log.record(summary_record(self.cfg, self.result, self, stopped=why, reason=reason))
+        except UserError:
+            pass
+
+    def check_divergence(self, epoch, part, trn):
+        """Stop the run (RunError) on a NaN, infinite or huge training loss, unless AllowDivergence;
+        the part's training line is logged first."""
+        cfg, loss = self.cfg, trn.loss
+        if cfg.AllowDivergence or (math.isfinite(loss) and loss <= DIVERGED_LOSS):
+            return
+        self.log(f"{epoch:02d}:{part:02d}: {trn.line()}")
+        what = f"{loss}" if not math.isfinite(loss) else f"{loss:.3g} (above {DIVERGED_LOSS:g})"
+        cause = f"LearningRate = {cfg.LearningRate:g} is likely too large for {cfg.OptType}"
+        if cfg.ClipBound <= 0:
+            cause += " with gradient clipping off (ClipBound <= 0)"
+        reason = (f"training diverged at epoch {epoch} part {part}: the training loss is {what}; "
+                  f"{cause}; lower LearningRate" + (" or set ClipBound > 0" if cfg.ClipBound <= 0 else "")
+                  + " (AllowDivergence = true trains on regardless)")
+        self.mark_stop("diverged", reason)
+        raise RunError(reason)
 
     def train_part(self, idx, timer, desc):
         """Train on the examples `idx` (in order) in minibatches; return the part's Score."""
@@ -160,16 +244,32 @@ class Trainer:
         return Score(loss / max(n_batches, 1), correct, len(idx), clock() - start)
 
     def run(self):
-        """The whole run, logging as the original does; returns a Result."""
+        """The whole run, logging as the original does; returns a Result. On an interrupt the
+        state at the last part boundary is written, so only the part in progress is lost."""
+        try:
+            return self._run()
+        except KeyboardInterrupt:
+            self.write_files()
+            raise
+
+    def _run(self):
         cfg, log, res = self.cfg, self.log, self.result
-        total = Timer()
-        for epoch in range(cfg.MaxEpoch):
-            self.data_rng.shuffle(self.order)
-            timer = Timer()
+        pos = self.position or Position()
+        total = Timer(*pos.total_time)
+        self.keep(pos.epoch, pos.part, Timer(*pos.epoch_time), total)
+        for epoch in range(pos.epoch, cfg.MaxEpoch):
+            resumed = epoch == pos.epoch and pos.part > 0  # keeps the order it was shuffled into
+            if not resumed:
+                self.data_rng.shuffle(self.order)
+            timer = Timer(*pos.epoch_time) if resumed else Timer()
             for part, (start, size) in enumerate(part_bounds(len(self.order), cfg.IterPerEpoch)):
+                if resumed and part < pos.part:
+                    continue
                 tag = f"{epoch:02d}:{part:02d}"
+                self.at = f"epoch {epoch} part {part}"
                 part_timer = Timer()
                 trn = self.train_part(self.order[start:start + size], part_timer, tag)
+                self.check_divergence(epoch, part, trn)
                 timer.add(part_timer)
                 mb = cfg.MinibatchSize
                 dev = evaluate(self.model, self.dev_x, self.dev_y, self.compute, mb)
@@ -181,6 +281,7 @@ class Trainer:
                     res.best_dev, res.test_at_best = dev.acc, tst.acc
                     log(f"\t tst: {tst.line()}")
                     log(f"$ {res.best_dev:.2f} | {res.test_at_best:.2f}")
+                    self.keep_best()
                 pruned = False
                 if cfg.NetType == "mlpvar":
                     # Two separate rules: Prepare at the end of every cycle; prune after every
@@ -189,14 +290,19 @@ class Trainer:
                         self.opt.prepare()
                     if (epoch // cfg.TrainCycle) % 2 == 0:
                         self.model.prune(cfg.Prune)
+                        if cfg.Compact:
+                            compact(self.model, self.opt)
                         pruned = True
                         log(f"Dims: {self.model.dims()}")
                 record = part_record(epoch, part, trn, dev, tst, res, part_timer, self.model, pruned)
                 res.parts.append(record)
                 log.record(record)
+                self.keep(epoch, part + 1, timer, total)
             log(f"Time: fp: {timer.fp:.2f}s, bp: {timer.bp:.2f}s, update: {timer.update:.2f}s")
             res.epoch_times.append(timer)
             total.add(timer)
+            self.keep(epoch + 1, 0, Timer(), total)
+            self.write_files()
         n = cfg.MaxEpoch
         log(f"AvgTime: fp: {total.fp / n:.2f}s, bp: {total.bp / n:.2f}s, update:{total.update / n:.2f}s")
         res.total = total
@@ -219,15 +325,27 @@ def part_record(epoch, part, trn, dev, tst, res, timer, model, pruned):
     }
 
 
-def summary_record(cfg, res, trainer):
-    """The final record: best dev, test at best dev, total times, final dims and the config."""
-    return {
+def summary_record(cfg, res, trainer, stopped="completed", reason=None):
+    """The final record: best dev, test at best dev, total times, final dims and the config.
+
+    `stopped` says how the run ended: "completed", or "diverged" / "interrupted" with a
+    `reason`; a run that stopped early counts its whole epochs and their times."""
+    total = res.total
+    if stopped != "completed":
+        total = Timer()
+        for t in res.epoch_times:
+            total.add(t)
+    rec = {
         "type": "summary", "run_name": cfg.run_name(), "seed": trainer.seed,
         "best_dev": res.best_dev, "test_at_best": res.test_at_best,
-        "param_count": res.param_count, "epochs": cfg.MaxEpoch,
-        "fp": res.total.fp, "bp": res.total.bp, "update": res.total.update,
-        "dims": trainer.model.active_dims(), "config": asdict(cfg),
+        "param_count": res.param_count,
+        "epochs": cfg.MaxEpoch if stopped == "completed" else len(res.epoch_times),
+        "fp": total.fp, "bp": total.bp, "update": total.update,
+        "dims": trainer.model.active_dims(), "config": asdict(cfg), "stopped": stopped,
     }
+    if reason:
+        rec["reason"] = reason
+    return rec
 
 
 def log_header(cfg, trainer, log):

@@ -6,8 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nnmnist.data import find_mnist_dir, mnist_dirs
+
 REPO = Path(__file__).resolve().parents[1]
-MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
+MNIST_DIR = find_mnist_dir()
 
 Splits = namedtuple("Splits", "trn_x trn_y dev_x dev_y tst_x tst_y")
 
@@ -33,8 +35,8 @@ def tiny_splits():
 
 @pytest.fixture
 def mnist_dir():
-    if not (MNIST_DIR / "train-images.idx3-ubyte.gz").exists():
-        pytest.skip(f"real MNIST not found at {MNIST_DIR}")
+    if MNIST_DIR is None:
+        pytest.skip(f"real MNIST not found in {', '.join(map(str, mnist_dirs()))}")
     return MNIST_DIR
 
 

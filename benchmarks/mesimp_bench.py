@@ -1,0 +1,166 @@
+"""meSimp compaction: what a pruned network costs to train and to use, against the full one.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/mesimp_bench.py \\
+        [--checkpoint RUN.ckpt.npz] [--repeats 3] [--threads 1]
+
+1. Training. An epoch (55,000 examples; fp + bp + update, evaluation not timed) of three
+   contenders, alternating within each repeat, medians quoted:
+   - mlp: the full 784-500-500-10 network, ordinary backprop;
+   - mlpvar compacted: meSimp (k=160, Prune 0.1, TrainCycle 5, the default mlpvar config)
+     with its pruned neurons removed;
+   - mlpvar masked: the same weights in full-size arrays with the pruned neurons masked
+     (Compact false, what every mlpvar run cost before compaction).
+   The meSimp network is the one a real run reaches: by default this script trains the first
+   simplify cycle (TrainCycle epochs of the default mlpvar config, seed 1); with --checkpoint
+   it starts from a run's checkpoint (for example the one a 20-epoch run leaves).
+2. Decoding. Scoring the 10,000 test images in batches of 1,000 with the exported model
+   (`nnmnist.export`: compacted, inference only) against the unpruned 784-500-500-10 model,
+   alternating, medians over 9 repeats; and the two models' parameter counts.
+"""
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import nnmnist  # noqa: E402,F401  (sets the thread runtimes' wait policy before NumPy loads)
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from nnmnist import checkpoint  # noqa: E402
+from nnmnist.config import Config, from_dict  # noqa: E402
+from nnmnist.data import find_mnist_dir, load_mnist  # noqa: E402
+from nnmnist.export import export  # noqa: E402
+from nnmnist.model import InferenceModel, load_model  # noqa: E402
+from nnmnist.runlog import RunLog  # noqa: E402
+from nnmnist.state import Position, capture, restore  # noqa: E402
+from nnmnist.train import Timer, Trainer  # noqa: E402
+
+MLPVAR = dict(NetType="mlpvar", TrainTop=160, Prune=0.1, TrainCycle=5)
+
+
+def splits_of_mnist():
+    data_dir = find_mnist_dir() or REPO / "data"
+    return load_mnist(Config(DataDir=str(data_dir)), allow_fetch=True, log=lambda *a: None)
+
+
+def simplified_trainer(splits, ckpt):
+    """A compacted mlpvar Trainer in the state a real run reaches (see the module's doc)."""
+    if ckpt:
+        mf = checkpoint.read(ckpt, kinds=("checkpoint",))
+        cfg = from_dict({**mf.meta["config"], "Compact": True}, source=ckpt)
+        trainer = Trainer(cfg, splits)
+        restore(trainer, mf)
+        return trainer, f"checkpoint {Path(ckpt).name}"
+    cfg = Config(RandomSeed=1, MaxEpoch=MLPVAR["TrainCycle"], **MLPVAR)
+    trainer = Trainer(cfg, splits)
+    start = time.perf_counter()
+    trainer.train(RunLog(console=False))
+    return trainer, (f"the first simplify cycle of the default mlpvar config, seed 1 "
+                     f"({cfg.MaxEpoch} epochs, {time.perf_counter() - start:.0f} s)")
+
+
+def masked_twin(compacted, splits):
+    """A Compact=false Trainer with the compacted network's weights in full-size arrays, the
+    removed neurons masked (which neurons are masked does not change the cost)."""
+    cfg = Config(**{**compacted.cfg.__dict__, "Compact": False, "RandomSeed": 1})
+    twin = Trainer(cfg, splits)
+    prev = None
+    for small, big in zip(compacted.model.layers, twin.model.layers):
+        n = small.n_out
+        W = np.zeros_like(big.W.value)
+        cols = np.arange(small.W.shape[1]) if prev is None else np.arange(prev)
+        W[np.arange(n)[:, None], cols[None, :]] = small.W.value
+        big.W.value[...] = W
+        big.b.value[...] = 0
+        big.b.value[:n] = small.b.value
+        if hasattr(big, "active"):
+            big.active[...] = np.arange(big.n_out) < n
+            big.mask[...] = big.active
+            prev = n
+    return twin
+
+
+def one_epoch(trainer):
+    trainer.data_rng.shuffle(trainer.order)
+    timer = Timer()
+    trainer.train_part(trainer.order, timer, "epoch")
+    return timer.fp + timer.bp + timer.update
+
+
+def median_times(contenders, repeats, fn):
+    times = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, obj in contenders.items():  # alternating within each repeat
+            times[name].append(fn(obj))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def blas_names():
+    try:
+        from threadpoolctl import threadpool_info
+        return ", ".join(f"{i.get('internal_api')} {i.get('architecture', '')} "
+                         f"({i.get('num_threads')} threads)" for i in threadpool_info())
+    except ImportError:
+        return "threadpoolctl not installed"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", help="start the meSimp network from this run's checkpoint")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    from nnmnist.kernels import set_num_threads
+    set_num_threads(args.threads)
+    splits = splits_of_mnist()
+    var, origin = simplified_trainer(splits, args.checkpoint)
+    mlp = Trainer(Config(RandomSeed=1), splits)
+    masked = masked_twin(var, splits)
+    for t in (mlp, var, masked):
+        t.compute.warmup()
+        t.train_part(t.order[:500], Timer(), "warm-up")
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"threads {args.threads}; BLAS: {blas_names()}")
+    print(f"# meSimp network from {origin}: Dims {var.model.dims()}")
+    epoch = median_times({"mlp": mlp, "mlpvar compacted": var, "mlpvar masked": masked},
+                         args.repeats, one_epoch)
+    print("\n| case | epoch s (fp+bp+update, median) | / mlp |")
+    print("|---|---|---|")
+    for name, s in epoch.items():
+        print(f"| {name} | {s:.2f} | {s / epoch['mlp']:.2f}x |")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "var.ckpt.npz"
+        meta, arrays = capture(var, Position())
+        checkpoint.save(ckpt, "checkpoint", {"config": var.cfg.__dict__, **meta}, arrays)
+        export(ckpt, Path(tmp) / "model.npz")
+        small = load_model(Path(tmp) / "model.npz")
+    full = InferenceModel([(layer.W.value, layer.b.value) for layer in mlp.model.layers])
+    x = splits.tst_x
+    decode = median_times({"unpruned 784-500-500-10": full, "exported meSimp": small}, 9,
+                          lambda m: timed(lambda: m.logits(x, batch=1000)))
+    print("\n| model | widths | parameters | 10,000 test images s (median) | speed-up |")
+    print("|---|---|---|---|---|")
+    base = decode["unpruned 784-500-500-10"]
+    for name, m in (("unpruned 784-500-500-10", full), ("exported meSimp", small)):
+        print(f"| {name} | {m.n_in}-{'-'.join(map(str, m.widths))} | {m.param_count:,} "
+              f"({m.param_count / full.param_count:.2f}x) | {decode[name] * 1000:.1f} ms | "
+              f"{base / decode[name]:.1f}x |")
+
+
+def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    main()

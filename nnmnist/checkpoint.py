@@ -1,0 +1,170 @@
+"""Model and checkpoint files: one `.npz` format, written atomically and read with checks.
+
+Every file is a plain `.npz` (it loads with `numpy.load(path, allow_pickle=False)`) holding
+named arrays and one `meta` entry: a JSON string with the format name, its version, the kind
+of file and the run's config. Three kinds share the format:
+
+- `checkpoint` (`.ckpt.npz`): everything a run needs to continue exactly: weights, optimizer
+  moments and step counter, meSimp's active sets and hit counts, both random generators, the
+  shuffled example order, the position (epoch and next part), the best dev accuracy with the
+  test accuracy at it, and the summed times.
+- `best` (`.best.npz`): the network at the best dev accuracy, weights and masks only.
+- `export`: an inference-only network with pruned neurons removed (`nnmnist.export`).
+"""
+import json
+import zipfile
+import zlib
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import numpy as np
+
+from . import fsio
+from .errors import UserError
+
+FORMAT = "nnmnist-model"
+VERSION = 1
+KINDS = ("checkpoint", "best", "export")
+
+# Fields that fix the shapes of the stored arrays (or their meaning): a resumed run may not
+# change them. Everything else (MaxEpoch, Backend, Kernels, Threads, ...) may be overridden.
+SHAPE_FIELDS = ("NetType", "OptType", "Layers", "HiddenSize", "LabelCount", "IterPerEpoch",
+                "Compact", "TrainFile", "TrainLabelFile")
+
+
+def _sibling(log_file, suffix):
+    log_file = Path(log_file)
+    stem = log_file.name[:-len(".txt")] if log_file.name.endswith(".txt") else log_file.name
+    return log_file.with_name(stem + suffix)
+
+
+def checkpoint_path(log_file):
+    """The checkpoint that goes with a log file: same name, `.ckpt.npz` in place of `.txt`."""
+    return _sibling(log_file, ".ckpt.npz")
+
+
+def best_path(log_file):
+    """The best-dev model that goes with a log file (`.best.npz`)."""
+    return _sibling(log_file, ".best.npz")
+
+
+def to_host(a):
+    """A NumPy copy of a NumPy or CuPy array."""
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.array(a)
+
+
+# ---------------------------------------------------------------- writing
+
+def save(path, kind, meta, arrays):
+    """Write `arrays` and `meta` (JSON-able; format, version and kind are added) to `path`
+    atomically: a temporary file in the same folder, flushed and fsync'ed, then renamed over
+    the target, so a reader sees the old file or the new one, never half of one."""
+    path = Path(path)
+    meta = {"format": FORMAT, "version": VERSION, "kind": kind, **meta}
+    payload = {name: np.ascontiguousarray(to_host(a)) for name, a in arrays.items()}
+    payload["meta"] = np.array(json.dumps(meta))
+    with fsio.atomic_writer(path) as f:  # mode from the umask; a failure is a WriteError
+        np.savez(f, **payload)
+    return path
+
+
+# ---------------------------------------------------------------- reading
+
+class ModelFile:
+    """A checked model file: `meta` (dict), `arrays` (name -> NumPy array) and its `path`."""
+
+    def __init__(self, path, meta, arrays):
+        self.path, self.meta, self.arrays = Path(path), meta, arrays
+
+    @property
+    def kind(self):
+        return self.meta["kind"]
+
+    def config(self):
+        """The run's config as stored (validated again, so a hand-edited file cannot slip by)."""
+        from . import config as config_mod
+        return config_mod.from_dict(self.meta["config"], source=f"{self.path}: config")
+
+    def array(self, name, shape=None, dtype=None):
+        """A stored array, checked to exist and (optionally) to have this shape and dtype kind."""
+        a = self.arrays.get(name)
+        if a is None:
+            raise UserError(f"{self.path}: field {name} is missing (a damaged or foreign file)")
+        if shape is not None and tuple(a.shape) != tuple(shape):
+            raise UserError(f"{self.path}: field {name} has shape {tuple(a.shape)}, "
+                            f"expected {tuple(shape)}")
+        if dtype is not None and np.dtype(a.dtype).kind != np.dtype(dtype).kind:
+            raise UserError(f"{self.path}: field {name} has dtype {a.dtype}, expected {np.dtype(dtype)}")
+        return a
+
+    def field(self, name):
+        """A meta entry that must be present."""
+        if name not in self.meta:
+            raise UserError(f"{self.path}: field {name} is missing from meta (a damaged or foreign file)")
+        return self.meta[name]
+
+
+def read(path, kinds=KINDS):
+    """Load and check a model file; every problem is a one-line UserError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: model file not found")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not a model file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "meta" not in z.files:
+                raise UserError(f"{path}: not an nnmnist model file (field meta is missing)")
+            arrays = {name: z[name] for name in z.files}
+    except UserError:
+        raise
+    except (zipfile.BadZipFile, EOFError, zlib.error, ValueError, OSError, KeyError) as exc:
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, OSError) and exc.strerror:
+            why = exc.strerror
+        raise UserError(f"{path}: not a readable .npz file (truncated or corrupt: {why})") from None
+    raw = arrays.pop("meta")
+    try:
+        if raw.dtype.kind != "U" or raw.shape != ():
+            raise ValueError
+        meta = json.loads(str(raw))
+        if not isinstance(meta, dict):
+            raise ValueError
+    except ValueError:
+        raise UserError(f"{path}: field meta is not a JSON object (a damaged or foreign file)") from None
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{path}: field format = {json.dumps(meta.get('format'))}: "
+                        f"not an nnmnist model file")
+    version = meta.get("version")
+    if version != VERSION:
+        raise UserError(f"{path}: field version = {json.dumps(version)}: unknown format version "
+                        f"(this nnmnist reads version {VERSION})")
+    if meta.get("kind") not in kinds:
+        wanted = " or ".join(kinds)
+        raise UserError(f"{path}: field kind = {json.dumps(meta.get('kind'))}: expected a {wanted} file")
+    if not isinstance(meta.get("config"), dict):
+        raise UserError(f"{path}: field config is missing (a damaged or foreign file)")
+    return ModelFile(path, meta, arrays)
+
+
+def resume_config(model_file, overrides):
+    """The checkpoint's config with `--set` overrides applied; overriding a field that fixes
+    the network's shape (or the data's order) is an error naming the file and the field."""
+    from . import config as config_mod
+    stored = model_file.meta["config"]
+    known = {f.name for f in fields(config_mod.Config)}
+    raw = {k: v for k, v in stored.items() if k in known}
+    for key, value in (overrides or {}).items():
+        name = config_mod.canonical_field(key, "--set")
+        new = config_mod._coerce(f"--set {key}", name, value)
+        old = config_mod._coerce(str(model_file.path), name, stored[name]) if name in stored else None
+        if name in SHAPE_FIELDS and new != old:
+            raise UserError(f"{model_file.path}: --set {name}={json.dumps(value)} would change the "
+                            f"network or its data (the checkpoint has {name} = {json.dumps(old)}); "
+                            f"start a new run instead")
+        raw[name] = value
+    return config_mod.from_dict(raw, source=f"{model_file.path}: config")
+
+
+def config_meta(cfg):
+    return {"config": asdict(cfg)}

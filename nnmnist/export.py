@@ -1,0 +1,53 @@
+"""`python -m nnmnist.export MODEL -o model.npz`: an inference-only, compacted model file.
+
+MODEL is a checkpoint (`.ckpt.npz`) or a best-dev model (`.best.npz`). The export holds each
+layer's weights with pruned meSimp neurons removed (`layer.{i}.W`, shape (out, in), and
+`layer.{i}.b`), the shapes and the run's config, and no optimizer state.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from . import checkpoint
+from .errors import UserError, report_errors
+from .model import compacted_layers
+
+
+def export(src, dest):
+    """Write the compacted model of `src` to `dest`; return (source widths, exported widths)."""
+    mf = checkpoint.read(src, kinds=("checkpoint", "best"))
+    layers = compacted_layers(mf)
+    net = mf.field("network")
+    arrays = {}
+    for i, (W, b) in enumerate(layers):
+        arrays[f"layer.{i}.W"], arrays[f"layer.{i}.b"] = W, b
+    widths = [int(W.shape[0]) for W, _ in layers]
+    meta = {"config": mf.meta["config"],
+            "network": {"n_in": int(net["n_in"]), "widths": widths,
+                        "totals": net.get("totals", widths)},
+            "source": Path(src).name}
+    dest = Path(dest)
+    if not dest.parent.is_dir():
+        raise UserError(f"{dest}: folder {dest.parent} does not exist")
+    try:
+        checkpoint.save(dest, "export", meta, arrays)
+    except OSError as exc:
+        raise UserError(f"{dest}: cannot write ({exc.strerror})") from None
+    return net["widths"], widths
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m nnmnist.export", description=__doc__.splitlines()[0])
+    p.add_argument("model", help="a .ckpt.npz checkpoint or a .best.npz model")
+    p.add_argument("-o", "--output", required=True, help="the exported model file (.npz)")
+    args = p.parse_args(argv)
+
+    def run():
+        before, after = export(args.model, args.output)
+        print(f"exported {args.model} -> {args.output}: layer widths {after} (were {before})")
+        return 0
+    return report_errors(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

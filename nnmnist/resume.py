@@ -1,0 +1,65 @@
+"""`python run.py --resume RUN.ckpt.npz`: continue a run where its checkpoint left it.
+
+The run continues to MaxEpoch with the checkpoint's config (plus any `--set` that keeps the
+network's shape), appending to the log and `.jsonl` beside the checkpoint.
+"""
+import sys
+from pathlib import Path
+
+from . import checkpoint
+from .errors import UserError
+
+
+def log_file_of(ckpt_path):
+    """The log beside a checkpoint: same name, `.txt` in place of `.ckpt.npz`."""
+    ckpt_path = Path(ckpt_path)
+    name = ckpt_path.name
+    stem = name[:-len(".ckpt.npz")] if name.endswith(".ckpt.npz") else ckpt_path.stem
+    return ckpt_path.with_name(stem + ".txt")
+
+
+def resume_run(args, overrides):
+    """Check the checkpoint and its data, then continue training (see the module's doc)."""
+    if args.config:
+        raise UserError(f"{args.config}: a config file cannot be given with --resume "
+                        "(the checkpoint holds its config; use --set to change a field)")
+    mf = checkpoint.read(args.resume, kinds=("checkpoint",))
+    cfg = checkpoint.resume_config(mf, overrides)
+    train = mf.field("train")
+    if (train.get("epoch"), train.get("part")) == (cfg.MaxEpoch, 0):
+        raise UserError(f"{mf.path}: the run already reached MaxEpoch = {cfg.MaxEpoch}; "
+                        f"--set MaxEpoch=N with a larger N to train on")
+    if train.get("epoch", 0) >= cfg.MaxEpoch:
+        raise UserError(f"{mf.path}: --set MaxEpoch={cfg.MaxEpoch} is before the checkpoint's "
+                        f"epoch {train.get('epoch')}")
+    from .backend import get_xp
+    from .data import load_mnist
+    from .runlog import RunLog
+    from .train import Trainer
+    get_xp(cfg.Backend)
+    if cfg.Backend != "gpu":
+        from .cli import capped_threads
+        from .kernels import set_num_threads
+        cfg.Threads = capped_threads(cfg.Threads, args.resume)
+        set_num_threads(cfg.Threads)
+    console = not args.quiet
+    config_dir = train.get("config_dir")
+    splits = load_mnist(cfg, config_dir=config_dir, allow_fetch=False if args.offline else None,
+                        log=print if console else (lambda *a, **k: None))
+    trainer = Trainer(cfg, splits)
+    if len(trainer.order) != len(mf.array("train.order")):
+        raise UserError(f"{mf.path}: field train.order has {len(mf.array('train.order'))} "
+                        f"examples but {cfg.TrainFile} gives {len(trainer.order)}")
+    trainer.config_dir = config_dir
+    log_file = log_file_of(mf.path)
+    trainer.checkpoint_file = mf.path
+    trainer.best_file = checkpoint.best_path(log_file)
+    try:
+        log = RunLog(log_file, console=console, append=True)
+    except OSError as exc:
+        raise UserError(f"cannot append to the log {log_file}: {exc.strerror}") from None
+    import numpy as np
+    with log, np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # as cli.run
+        trainer.resume(log, mf)
+        if console:
+            print(f"log written to {log.path}", file=sys.stderr)

@@ -1,0 +1,237 @@
+"""Checkpoints: the file format and its checks, and exact resume after an interrupt."""
+import re
+import zipfile
+
+import numpy as np
+import pytest
+
+from nnmnist import checkpoint
+from nnmnist.config import Config
+from nnmnist.errors import UserError
+from nnmnist.runlog import RunLog
+from nnmnist.train import Trainer
+
+TIMES = re.compile(r"\d+\.\d+s")
+RESUME_LINE = re.compile(r"#{20} Run Resume at \d\d:\d\d|Run stopped: interrupted .*")
+
+
+def tiny_cfg(**fields):
+    base = dict(MaxEpoch=3, IterPerEpoch=2, HiddenSize=16, TrainTop=5, TrainCycle=1,
+                Prune=0.3, RandomSeed=11)
+    base.update(fields)
+    return Config(**base)
+
+
+def without_times(lines):
+    return [TIMES.sub("<t>", line) for line in lines if not RESUME_LINE.fullmatch(line)]
+
+
+class Interrupt:
+    """Raises KeyboardInterrupt when the run starts training its `at`-th part (0-based), as
+    Ctrl-C would in the middle of that part's first minibatch."""
+
+    def __init__(self, trainer, at):
+        self.calls, self.at = 0, at
+        real = trainer.train_part
+
+        def train_part(*args, **kwargs):
+            if self.calls == self.at:
+                raise KeyboardInterrupt
+            self.calls += 1
+            return real(*args, **kwargs)
+        trainer.train_part = train_part
+
+
+def full_run(cfg, splits, tmp_path):
+    t = Trainer(cfg, splits)
+    t.checkpoint_file, t.best_file = tmp_path / "full.ckpt.npz", tmp_path / "full.best.npz"
+    log = RunLog(console=False)
+    t.train(log)
+    return log
+
+
+def interrupted_run(cfg, splits, tmp_path, at):
+    """Train, interrupt at the start of part `at`, resume from the checkpoint; both logs."""
+    ckpt = tmp_path / f"cut{at}.ckpt.npz"
+    t = Trainer(cfg, splits)
+    t.checkpoint_file, t.best_file = ckpt, tmp_path / f"cut{at}.best.npz"
+    Interrupt(t, at)
+    first = RunLog(console=False)
+    with pytest.raises(KeyboardInterrupt):
+        t.train(first)
+    mf = checkpoint.read(ckpt, kinds=("checkpoint",))
+    t2 = Trainer(cfg, splits)
+    t2.checkpoint_file, t2.best_file = ckpt, tmp_path / f"cut{at}.best.npz"
+    second = RunLog(console=False)
+    t2.resume(second, mf)
+    return first, second, t2
+
+
+def assert_same_run(full, first, second):
+    assert without_times(first.lines + second.lines) == without_times(full.lines)
+    # The metrics: every part record once, equal but for times
+    def strip(recs):
+        keep = []
+        for r in recs:
+            if r["type"] == "part" or r["type"] == "summary" and r.get("stopped") != "interrupted":
+                keep.append({k: v for k, v in r.items() if k not in
+                             ("fp", "bp", "update", "train_seconds", "config")})
+        return keep
+    assert strip(first.records + second.records) == strip(full.records)
+
+
+@pytest.mark.parametrize("kernels", ["numba", "numpy"])
+@pytest.mark.parametrize("opt", ["sgd", "adagrad", "adam"])
+@pytest.mark.parametrize("net", ["mlp", "mlptop", "mlprand", "mlpvar"])
+def test_resume_is_exact(tmp_path, tiny_splits, net, opt, kernels):
+    cfg = tiny_cfg(NetType=net, OptType=opt, Kernels=kernels,
+                   LearningRate=0.05 if opt != "adam" else 0.001)
+    full = full_run(cfg, tiny_splits, tmp_path)
+    # part 3 = epoch 1 part 1: mid-epoch, after a prune (mlpvar) and a Prepare
+    first, second, _ = interrupted_run(cfg, tiny_splits, tmp_path, at=3)
+    assert_same_run(full, first, second)
+
+
+@pytest.mark.parametrize("at", range(6))
+def test_resume_at_every_part_boundary(tmp_path, tiny_splits, at):
+    cfg = tiny_cfg(NetType="mlpvar", TrainCycle=1, Dropout=0.2, Kernels="numba")
+    full = full_run(cfg, tiny_splits, tmp_path)
+    first, second, _ = interrupted_run(cfg, tiny_splits, tmp_path, at)
+    assert_same_run(full, first, second)
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_resume_inside_a_simplify_cycle(tmp_path, tiny_splits, compact):
+    # TrainCycle 2: epochs 0-1 simplify (prune after every part), 2-3 train, Prepare after 1, 3.
+    cfg = tiny_cfg(NetType="mlpvar", TrainCycle=2, MaxEpoch=4, Compact=compact)
+    full = full_run(cfg, tiny_splits, tmp_path)
+    first, second, t2 = interrupted_run(cfg, tiny_splits, tmp_path, at=3)  # epoch 1, part 1
+    assert_same_run(full, first, second)
+    widths = [layer.n_out for layer in t2.model.layers[:-1]]
+    assert (widths[0] < 16) == compact  # compaction really removed neurons
+
+
+def test_resume_between_prepare_and_the_next_part(tmp_path, tiny_splits):
+    # Prepare runs at the end of epoch 1; the interrupt comes before epoch 2's first part.
+    cfg = tiny_cfg(NetType="mlpvar", TrainCycle=2, MaxEpoch=4, OptType="adagrad",
+                   LearningRate=0.05)
+    full = full_run(cfg, tiny_splits, tmp_path)
+    first, second, _ = interrupted_run(cfg, tiny_splits, tmp_path, at=4)
+    assert_same_run(full, first, second)
+    mf = checkpoint.read(tmp_path / "cut4.ckpt.npz")
+    assert (mf.meta["train"]["epoch"], mf.meta["train"]["part"]) == (4, 0)  # rewritten at the end
+
+
+def test_interrupt_before_the_first_part_leaves_a_fresh_start(tmp_path, tiny_splits):
+    cfg = tiny_cfg(NetType="mlptop")
+    ckpt = tmp_path / "c.ckpt.npz"
+    t = Trainer(cfg, tiny_splits)
+    t.checkpoint_file = ckpt
+    Interrupt(t, 0)
+    with pytest.raises(KeyboardInterrupt):
+        t.train(RunLog(console=False))
+    mf = checkpoint.read(ckpt)
+    assert (mf.meta["train"]["epoch"], mf.meta["train"]["part"]) == (0, 0)
+    fresh = Trainer(cfg, tiny_splits)
+    np.testing.assert_array_equal(mf.arrays["net.0.W"], fresh.model.layers[0].W.value)
+
+
+def test_checkpoint_holds_the_documented_state(tmp_path, tiny_splits):
+    cfg = tiny_cfg(NetType="mlpvar", OptType="adam", MaxEpoch=1)
+    log = full_run(cfg, tiny_splits, tmp_path)
+    with np.load(tmp_path / "full.ckpt.npz", allow_pickle=False) as z:
+        names = set(z.files)
+    assert {"meta", "train.order", "net.0.W", "net.0.b", "net.0.active", "net.0.hits",
+            "opt.0.m", "opt.0.v"} <= names
+    mf = checkpoint.read(tmp_path / "full.ckpt.npz")
+    train = mf.meta["train"]
+    assert mf.meta["format"] == checkpoint.FORMAT and mf.meta["version"] == checkpoint.VERSION
+    assert mf.meta["config"]["NetType"] == "mlpvar"
+    assert mf.meta["optimizer"]["t"] == 6  # 600 examples, minibatch 100, one epoch
+    assert train["best_dev"] == max(r["best_dev"] for r in log.records if r["type"] == "part")
+    assert {"data_rng", "net_rng", "epoch_time", "total_time", "test_at_best"} <= set(train)
+
+
+# ---------------------------------------------------------------- bad files
+
+@pytest.fixture
+def good_ckpt(tmp_path, tiny_splits):
+    full_run(tiny_cfg(MaxEpoch=1), tiny_splits, tmp_path)
+    return tmp_path / "full.ckpt.npz"
+
+
+def test_truncated_file_is_one_line_error(good_ckpt, tmp_path):
+    bad = tmp_path / "bad.ckpt.npz"
+    data = good_ckpt.read_bytes()
+    bad.write_bytes(data[:len(data) // 2])
+    with pytest.raises(UserError, match=r"bad\.ckpt\.npz: not a readable \.npz file"):
+        checkpoint.read(bad)
+
+
+def test_corrupt_member_is_one_line_error(good_ckpt, tmp_path):
+    bad = tmp_path / "bad.ckpt.npz"
+    data = bytearray(good_ckpt.read_bytes())
+    data[200:260] = b"\xff" * 60  # inside the first stored array
+    bad.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"bad\.ckpt\.npz: "):
+        mf = checkpoint.read(bad)
+        Trainer(mf.config(), None)  # pragma: no cover - read must fail first
+
+
+def test_foreign_npz_is_one_line_error(tmp_path):
+    foreign = tmp_path / "other.npz"
+    np.savez(foreign, weights=np.zeros(3))
+    with pytest.raises(UserError, match=r"other\.npz: not an nnmnist model file \(field meta"):
+        checkpoint.read(foreign)
+    np.savez(foreign, meta=np.array('{"format": "something-else"}'))
+    with pytest.raises(UserError, match=r"field format = \"something-else\""):
+        checkpoint.read(foreign)
+
+
+def test_unknown_version_is_one_line_error(tmp_path):
+    path = tmp_path / "future.ckpt.npz"
+    checkpoint.save(path, "checkpoint", {"config": {}}, {})
+    with zipfile.ZipFile(path) as z:
+        assert z.namelist() == ["meta.npy"]
+    raw = np.load(path)["meta"]
+    np.savez(path, meta=np.array(str(raw).replace('"version": 1', '"version": 99')))
+    with pytest.raises(UserError, match=r"future\.ckpt\.npz: field version = 99: unknown"):
+        checkpoint.read(path)
+
+
+def test_wrong_shape_is_one_line_error(good_ckpt, tiny_splits, tmp_path):
+    mf = checkpoint.read(good_ckpt)
+    arrays = dict(mf.arrays)
+    arrays["net.1.W"] = np.zeros((3, 3), np.float32)
+    bad = tmp_path / "shape.ckpt.npz"
+    checkpoint.save(bad, "checkpoint", {k: v for k, v in mf.meta.items()
+                                        if k not in ("format", "version", "kind")}, arrays)
+    t = Trainer(mf.config(), tiny_splits)
+    from nnmnist.state import restore
+    with pytest.raises(UserError, match=r"shape\.ckpt\.npz: field net\.1\.W has shape \(3, 3\)"):
+        restore(t, checkpoint.read(bad))
+
+
+def test_shape_changing_override_is_refused(good_ckpt):
+    mf = checkpoint.read(good_ckpt)
+    with pytest.raises(UserError, match=r"full\.ckpt\.npz: --set HiddenSize=32 would change"):
+        checkpoint.resume_config(mf, {"HiddenSize": 32})
+    with pytest.raises(UserError, match=r"--set NetType=\"mlptop\""):
+        checkpoint.resume_config(mf, {"nettype": "mlptop"})
+    cfg = checkpoint.resume_config(mf, {"MaxEpoch": 5, "HiddenSize": 16})  # same size is fine
+    assert cfg.MaxEpoch == 5
+
+
+def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
+    path = tmp_path / "x.ckpt.npz"
+    checkpoint.save(path, "checkpoint", {"config": {}}, {"a": np.arange(3)})
+    before = path.read_bytes()
+
+    def failing_savez(f, **arrays):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(np, "savez", failing_savez)
+    with pytest.raises(OSError):
+        checkpoint.save(path, "checkpoint", {"config": {}}, {"a": np.arange(4)})
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.ckpt.npz"]
