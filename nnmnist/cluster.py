@@ -33,6 +33,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -104,27 +105,28 @@ def mismatch(worker, theirs, ours):
             "install the same nnmnist on every worker (see docs/SWEEPS.md)")
 
 
-# Running run processes on this worker, by sweep token, so that a cancelled sweep can stop them.
-_running = {}
-_running_lock = threading.Lock()
 _fetch_locks = {}
+_fetch_locks_lock = threading.Lock()
 
 
-def terminate_runs(token):
-    """Stop this worker's runs of one sweep (called on every worker when the sweep is cancelled)."""
-    with _running_lock:
-        procs = list(_running.get(token, ()))
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    return len(procs)
+def _stop_when_unwanted(worker, key, proc, every=0.5):
+    """Terminate the run's process once the scheduler no longer wants this task: the sweep was
+    interrupted, or its client is gone (Dask lets a task that was cancelled run to its end)."""
+    def watch():
+        while proc.poll() is None:
+            ts = worker.state.tasks.get(key)
+            if ts is None or ts.state not in ("executing", "long-running"):
+                proc.terminate()
+                return
+            time.sleep(every)
+    threading.Thread(target=watch, name=f"watch-{key}", daemon=True).start()
 
 
 @contextlib.contextmanager
 def _fetch_lock(data_dir):
     """One fetch at a time per data folder on this machine: a thread lock, then a file lock."""
     key = hashlib.sha1(str(Path(data_dir).resolve()).encode("utf-8")).hexdigest()[:16]
-    with _running_lock:
+    with _fetch_locks_lock:
         lock = _fetch_locks.setdefault(key, threading.Lock())
     with lock:
         path = Path(tempfile.gettempdir()) / f"nnmnist-fetch-{key}.lock"
@@ -167,10 +169,11 @@ def ensure_data(config_path, set_fields):
             fetch.fetch_mnist(data_dir, keys, log=log.info)
 
 
-def run_on_worker(task, base_name, base_text, expected, token, offline):
+def run_on_worker(task, base_name, base_text, expected, offline):
     """The Dask task: run one sweep run here; return its files, exit status and seconds."""
     from distributed import get_worker
     worker = get_worker()
+    key = worker.get_current_task()
     mine = identity()
     reason = mismatch(worker.address, mine, expected)
     if reason:
@@ -195,17 +198,7 @@ def run_on_worker(task, base_name, base_text, expected, token, offline):
         here = sweep.RunTask(task.run_id, task.overrides, task.set_fields, task.config,
                              tuple(command), str(run_dir), os.getcwd())
 
-        def started(proc):
-            with _running_lock:
-                _running.setdefault(token, set()).add(proc)
-        try:
-            outcome = sweep.execute_run(here, on_start=started)
-        finally:
-            with _running_lock:
-                procs = _running.get(token, set())
-                procs.difference_update([p for p in procs if p.poll() is not None])
-                if not procs:
-                    _running.pop(token, None)
+        outcome = sweep.execute_run(here, on_start=lambda proc: _stop_when_unwanted(worker, key, proc))
         files = {p.relative_to(run_dir).as_posix(): p.read_bytes()
                  for p in sorted(run_dir.rglob("*")) if p.is_file()}
         return {"files": files, "returncode": outcome.returncode, "seconds": outcome.seconds,
@@ -415,7 +408,7 @@ class DaskExecutor(sweep.Executor):
                     continue
                 task, result = self._queue.popleft()
                 fut = self.client.submit(run_on_worker, task, self.base_name, self.base_text,
-                                         self.identity, self.token, self.offline,
+                                         self.identity, self.offline,
                                          key=f"run-{task.run_id}-{self.token}", pure=False)
                 self._futures[fut.key] = fut
             fut.add_done_callback(lambda f, task=task, result=result: self._finish(f, task, result))
@@ -465,11 +458,9 @@ class DaskExecutor(sweep.Executor):
             result.set_exception(cf.CancelledError())
         if self._feeder is not None:
             self._feeder.join(timeout=10)
-        if cancel:
-            try:
-                if futures:
-                    self.client.cancel(futures, force=True)
-                self.client.run(terminate_runs, self.token, on_error="return")
+        if cancel and futures:
+            try:  # the workers then stop the runs (_stop_when_unwanted)
+                self.client.cancel(futures, force=True)
             except Exception as exc:  # the cluster may already be gone; closing is what matters
                 log.debug("cancelling: %s", exc)
         self._close()

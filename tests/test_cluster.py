@@ -90,9 +90,10 @@ def test_same_figures_as_the_local_pool_and_resume(distributed, workspace, capsy
         assert {k: b[run_id][k] for k in FIGURES} == {k: a[run_id][k] for k in FIGURES}, run_id
         assert b[run_id]["config"] == a[run_id]["config"]
         # The same files, written back on this machine.
-        names = lambda d: sorted(p.suffix or p.name for p in d.iterdir())  # noqa: E731
-        assert names(dask / "runs" / run_id) == names(local / "runs" / run_id) == \
-            [".json", ".jsonl", ".txt", ".txt", ".txt"]
+        kinds = lambda d: sorted(p.name.split(".", 1)[1] if p.name.startswith(("mlp", "mlptop"))  # noqa: E731
+                                 else p.name for p in d.iterdir())
+        assert kinds(dask / "runs" / run_id) == kinds(local / "runs" / run_id)
+        assert {"jsonl", "txt", "run.json", "stderr.txt", "stdout.txt"} <= set(kinds(dask / "runs" / run_id))
         assert (dask / b[run_id]["log_file"]).is_file()
         info = json.loads((dask / "runs" / run_id / "run.json").read_text())
         assert info["worker"].startswith("tcp://127.0.0.1:") and info["run_id"] == run_id
@@ -235,6 +236,25 @@ def test_interrupted_then_killed_client_resumes_without_rerunning(distributed, w
     after = file_times(out / "runs")
     assert {p: after.get(p) for p in before} == before
     assert not [p for p in (out / "runs").iterdir() if p.name.startswith(".")]
+
+
+def test_a_killed_client_leaves_no_run_going_on_the_cluster(cluster, workspace):
+    import psutil
+    lc, client = cluster
+    tmp, spec = workspace
+    path = spec(set={"MaxEpoch": 5000}, grid={"RandomSeed": [1, 2]})  # minutes, unless stopped
+    proc = subprocess.Popen([sys.executable, "-m", "nnmnist.sweep", str(path), "--out", str(tmp / "out"),
+                             "--executor", "dask", "--scheduler", lc.scheduler_address, "--offline"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(), cwd=str(REPO))
+    try:
+        _, _, run_pid = wait_for(lambda: _worker_running_a_run(client), what="a running run")
+        run = psutil.Process(run_pid)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    # The scheduler drops the client's tasks; the worker sees its task cancelled and stops the run.
+    assert _all_gone([run], timeout=15), "the run went on after its sweep was killed"
+    wait_for(lambda: not _worker_running_a_run(client), timeout=15, what="idle workers")
 
 
 def test_a_scheduler_that_does_not_answer_is_a_one_line_error(distributed, workspace, capsys):
