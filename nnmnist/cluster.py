@@ -290,10 +290,14 @@ class DaskExecutor(sweep.Executor):
         self._feeder = None
         if scheduler is None:
             # The scheduler of a LocalCluster lives in this process, so its config is ours to set.
-            with dask.config.set({"distributed.scheduler.allowed-failures": retries}):
-                self.cluster = distributed.LocalCluster(
-                    n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                    dashboard_address=None, silence_logs=logging.ERROR)
+            try:
+                with dask.config.set({"distributed.scheduler.allowed-failures": retries}):
+                    self.cluster = distributed.LocalCluster(
+                        n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                        dashboard_address=None, silence_logs=logging.ERROR)
+            except Exception as exc:  # e.g. worker processes that cannot start
+                raise UserError(f"could not start a local Dask cluster of {workers} worker(s): "
+                                f"{type(exc).__name__}: {exc}") from None
             self.client = distributed.Client(self.cluster)
             self.where = f"on a local Dask cluster of {workers} worker(s)"
         else:

@@ -277,6 +277,10 @@ def test_a_scheduler_that_does_not_answer_is_a_one_line_error(distributed, works
     finally:
         refused.close()
         silent.close()
+    with distributed.LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address=None) as lc:
+        rc, _, err = run_main(capsys, path, "--out", tmp / "out", "--executor", "dask",
+                              "--scheduler", lc.scheduler_address)
+    assert rc == 2 and err.count("\n") == 1 and "the scheduler has no workers" in err, err
     assert not (tmp / "out").exists()
 
 
