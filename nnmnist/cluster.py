@@ -402,6 +402,9 @@ class DaskExecutor(sweep.Executor):
 
     def _feed(self):
         while True:
+            with self._lock:
+                while not (self._queue or self._cancelled or self._closing):
+                    self._wake.wait()
             threads = self._threads()
             with self._lock:
                 if self._cancelled or self._closing:

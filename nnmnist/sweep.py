@@ -1,6 +1,7 @@
 """Sweeps: run a grid of config overrides x seeds as separate `run.py` processes, and collect the results.
 
     python -m nnmnist.sweep SPEC.json [--out DIR] [--jobs N] [--offline] [--dry-run]
+                            [--executor dask [--scheduler tcp://HOST:PORT] [--retries R]]
     python -m nnmnist.sweep summarize OUT [--by NetType,TrainTop]
 
 A spec is a JSON object (see docs/SWEEPS.md):
@@ -21,12 +22,10 @@ Execution goes through a small executor interface (`Executor`): `submit(task)` r
 `concurrent.futures.Future` whose result is a `RunOutcome`, and `shutdown(cancel)` stops it.
 `LocalPoolExecutor` runs the tasks as subprocesses of this machine, `jobs` at a time. The work
 of one run is the module-level function `execute_run(task)`, which takes a plain, picklable
-`RunTask` and returns a plain `RunOutcome` that carries the run's summary record, so a
-multi-machine backend on an existing distributed engine can be added as another `Executor`
-without reshaping the driver: for Ray, `submit` would return
-`ray.remote(execute_run).remote(task).future()`; for Dask, `client.submit(execute_run, task)`
-wrapped in a `concurrent.futures.Future`. Such a backend needs `OUT` on storage that the
-workers share (or must copy each run folder back), since resuming looks for the summary there.
+`RunTask` and returns a plain `RunOutcome` that carries the run's summary record.
+`nnmnist.cluster.DaskExecutor` (`--executor dask`) is the multi-machine backend: it calls
+`execute_run` on Dask workers and copies each run folder back into `OUT/runs/<id>/`, where
+`collect_outcome` reads it as for a local run. Dask is imported only when it is asked for.
 """
 import argparse
 import concurrent.futures as cf
