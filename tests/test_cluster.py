@@ -339,3 +339,33 @@ def test_nothing_imports_dask_unless_asked():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))")
     proc = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_a_worker_fetches_missing_mnist_once_for_all_its_runs(workspace, monkeypatch):
+    """Runs that start together on one machine: the first downloads under the lock, the others
+    wait for it and find the files."""
+    from nnmnist import cluster, fetch
+    tmp, _ = workspace
+    monkeypatch.delenv(fetch.OFFLINE_ENV, raising=False)
+    empty = tmp / "fresh-data"
+    config = tmp / "fresh.json"
+    config.write_text(json.dumps({**TINY, "DataDir": str(empty)}))
+    calls, inside, most = [], [], [0]
+
+    def fake_fetch(dest, names, log=print):
+        inside.append(1)
+        most[0] = max(most[0], len(inside))
+        calls.append(sorted(names))
+        time.sleep(0.3)  # long enough for the other threads to arrive
+        write_idx(Path(dest))
+        inside.pop()
+    monkeypatch.setattr(fetch, "fetch_mnist", fake_fetch)
+    threads = [threading.Thread(target=cluster.ensure_data, args=(config, {"RandomSeed": i}))
+               for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert most[0] == 1 and len(calls) == 1 and len(calls[0]) == 4, (most, calls)
+    cluster.ensure_data(config, {})  # everything there now: no download
+    assert len(calls) == 1
