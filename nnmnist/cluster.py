@@ -192,8 +192,8 @@ def run_on_worker(task, base_name, base_text, expected, offline):
         else:
             try:
                 ensure_data(config_path, task.set_fields)
-            except UserError as exc:
-                return {"files": {}, "returncode": -1, "seconds": 0.0, "worker": worker.address,
+            except UserError as exc:  # as run.py would have failed: status 2, one line
+                return {"files": {}, "returncode": 2, "seconds": 0.0, "worker": worker.address,
                         "host": mine["host"], "error": f"on {mine['host']}: {exc}"}
         here = sweep.RunTask(task.run_id, task.overrides, task.set_fields, task.config,
                              tuple(command), str(run_dir), os.getcwd())
@@ -439,17 +439,20 @@ class DaskExecutor(sweep.Executor):
         if fut.status == "cancelled":
             return sweep.RunOutcome(task.run_id, -1, 0.0, error="cancelled")
         exc = fut.exception()
-        if exc is not None:
-            if isinstance(exc, self._distributed.KilledWorker):
-                error = _worker_died_message(exc, self.retries)
+        got = None if exc is not None else fut.result()
+        if exc is not None or got["error"]:
+            if got is not None:
+                error, status = got["error"], got["returncode"]
+            elif isinstance(exc, self._distributed.KilledWorker):
+                error, status = _worker_died_message(exc, self.retries), -1
             elif isinstance(exc, CodeMismatch):
-                error = str(exc)
+                error, status = str(exc), -1
             else:
-                error = f"{type(exc).__name__}: {exc}"
-            return sweep.RunOutcome(task.run_id, -1, 0.0, error=error)
-        got = fut.result()
-        if got["error"]:
-            return sweep.RunOutcome(task.run_id, got["returncode"], got["seconds"], error=got["error"])
+                error, status = f"{type(exc).__name__}: {exc}", -1
+            # The run never started: its folder holds only the reason, as stderr.txt.
+            write_back(task.run_dir, {"stderr.txt": (error + "\n").encode("utf-8")})
+            return sweep.RunOutcome(task.run_id, status, 0.0 if got is None else got["seconds"],
+                                    error=error)
         write_back(task.run_dir, got["files"], worker=f"{got['worker']} ({got['host']})")
         return sweep.collect_outcome(task.run_id, task.run_dir, got["returncode"], got["seconds"])
 

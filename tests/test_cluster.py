@@ -159,6 +159,7 @@ def test_a_worker_killed_mid_run_is_retried_at_most_retries_times(cluster, works
     assert len(failed) == 1 and "died" in failed[0]["error"], text
     assert sum(r["status"] == "done" for r in rows.values()) == 3
     assert "FAILED" in text and "died 1 time(s)" in text
+    assert "died 1 time(s)" in (out0 / failed[0]["run_dir"] / "stderr.txt").read_text()
 
     # With retries, the same failure is absorbed: the run is started again on a live worker.
     client.wait_for_workers(2, timeout=60)  # the nanny restarts the killed worker
