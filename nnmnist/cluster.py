@@ -331,7 +331,6 @@ class DaskExecutor(sweep.Executor):
         except ValueError as exc:
             raise UserError(f"--scheduler {given}: not a scheduler address ({exc}); "
                             "expected tcp://HOST:PORT") from None
-        self.address = address
         return client
 
     def _check_workers(self, address, timeout):
