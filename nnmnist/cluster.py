@@ -169,6 +169,23 @@ def ensure_data(config_path, set_fields):
             fetch.fetch_mnist(data_dir, keys, log=log.info)
 
 
+def run_environment(worker):
+    """This worker's environment without what Dask's nanny added for its worker process.
+
+    The nanny sets `distributed.nanny.pre-spawn-environ` (MALLOC_TRIM_THRESHOLD_=65536 and one
+    BLAS/OpenMP thread) in the worker's environment. A run would inherit them, and the malloc
+    setting alone made a 1-epoch run a third slower; the run sets its own threads (Threads).
+    """
+    env = dict(os.environ)
+    if getattr(worker, "nanny", None):
+        import dask
+        added = dask.config.get("distributed.nanny.pre-spawn-environ", None) or {}
+        for name, value in added.items():
+            if env.get(name) == str(value):
+                del env[name]
+    return env
+
+
 def run_on_worker(task, base_name, base_text, expected, offline):
     """The Dask task: run one sweep run here; return its files, exit status and seconds."""
     from distributed import get_worker
@@ -198,7 +215,8 @@ def run_on_worker(task, base_name, base_text, expected, offline):
         here = sweep.RunTask(task.run_id, task.overrides, task.set_fields, task.config,
                              tuple(command), str(run_dir), os.getcwd())
 
-        outcome = sweep.execute_run(here, on_start=lambda proc: _stop_when_unwanted(worker, key, proc))
+        outcome = sweep.execute_run(here, on_start=lambda proc: _stop_when_unwanted(worker, key, proc),
+                                    env=run_environment(worker))
         files = {p.relative_to(run_dir).as_posix(): p.read_bytes()
                  for p in sorted(run_dir.rglob("*")) if p.is_file()}
         return {"files": files, "returncode": outcome.returncode, "seconds": outcome.seconds,

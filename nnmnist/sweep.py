@@ -265,11 +265,12 @@ def last_line(path):
     return lines[-1] if lines else ""
 
 
-def execute_run(task, on_start=None):
+def execute_run(task, on_start=None, env=None):
     """Run one task to the end in a fresh, empty run folder; return its RunOutcome.
 
     A module-level function of plain data, so that any executor (local or remote) can call it.
-    `on_start(popen)` lets a local executor keep hold of the process to stop it.
+    `on_start(popen)` lets a local executor keep hold of the process to stop it; `env` is the
+    run's environment (default: this process's).
     """
     run_dir = Path(task.run_dir)
     if run_dir.exists():
@@ -285,7 +286,8 @@ def execute_run(task, on_start=None):
         # holds this folder's sweep lock with us (an inherited descriptor of the locked file).
         proc = subprocess.Popen(task.command, cwd=task.cwd, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=err, pass_fds=SweepLock.held_fds(),
-                                env={**os.environ, PARENT_ENV: str(os.getpid())})
+                                env={**(os.environ if env is None else env),
+                                     PARENT_ENV: str(os.getpid())})
         if on_start is not None:
             on_start(proc)
         returncode = proc.wait()

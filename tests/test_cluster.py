@@ -370,3 +370,19 @@ def test_a_worker_fetches_missing_mnist_once_for_all_its_runs(workspace, monkeyp
     assert most[0] == 1 and len(calls) == 1 and len(calls[0]) == 4, (most, calls)
     cluster.ensure_data(config, {})  # everything there now: no download
     assert len(calls) == 1
+
+
+def test_runs_do_not_inherit_what_the_nanny_added_to_the_worker(cluster):
+    """Dask's nanny gives its worker MALLOC_TRIM_THRESHOLD_ and one-thread BLAS/OpenMP variables;
+    a run inherited them, and the malloc one made it a third slower."""
+    from nnmnist import cluster as cluster_mod
+    lc, client = cluster
+
+    def look():
+        from distributed import get_worker
+        env = cluster_mod.run_environment(get_worker())
+        return {k: (os.environ.get(k), env.get(k)) for k in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "PATH")}
+    seen = client.submit(look, pure=False).result()
+    assert seen["MALLOC_TRIM_THRESHOLD_"] == ("65536", None)
+    assert seen["OMP_NUM_THREADS"] == ("1", None)
+    assert seen["PATH"][0] == seen["PATH"][1] == os.environ["PATH"]
