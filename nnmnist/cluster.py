@@ -173,8 +173,8 @@ def run_environment(worker):
     """This worker's environment without what Dask's nanny added for its worker process.
 
     The nanny sets `distributed.nanny.pre-spawn-environ` (MALLOC_TRIM_THRESHOLD_=65536 and one
-    BLAS/OpenMP thread) in the worker's environment. A run would inherit them, and the malloc
-    setting alone made a 1-epoch run a third slower; the run sets its own threads (Threads).
+    BLAS/OpenMP thread) in the worker's environment. A run would inherit them, and with them a
+    1-epoch run took a third longer (docs/SWEEPS.md); the run sets its own threads (Threads).
     """
     env = dict(os.environ)
     if getattr(worker, "nanny", None):

@@ -374,7 +374,7 @@ def test_a_worker_fetches_missing_mnist_once_for_all_its_runs(workspace, monkeyp
 
 def test_runs_do_not_inherit_what_the_nanny_added_to_the_worker(cluster):
     """Dask's nanny gives its worker MALLOC_TRIM_THRESHOLD_ and one-thread BLAS/OpenMP variables;
-    a run inherited them, and the malloc one made it a third slower."""
+    a run inherited them, and they made it a third slower."""
     from nnmnist import cluster as cluster_mod
     lc, client = cluster
 
