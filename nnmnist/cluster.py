@@ -77,19 +77,19 @@ def code_fingerprint():
     return _fingerprint
 
 
-def package_version():
+def package_version(name="nnmnist"):
+    """The installed version of a distribution, without importing it."""
     try:
         from importlib.metadata import PackageNotFoundError, version
-        return version("nnmnist")
+        return version(name)
     except (ImportError, PackageNotFoundError):
         return "unknown"
 
 
 def identity():
     """What a worker must share with the client to give the same results."""
-    import numpy
     return {"version": package_version(), "code": code_fingerprint(), "host": socket.gethostname(),
-            "python": sys.version.split()[0], "numpy": numpy.__version__}
+            "python": sys.version.split()[0], "numpy": package_version("numpy")}
 
 
 class CodeMismatch(RuntimeError):
@@ -309,7 +309,10 @@ class DaskExecutor(sweep.Executor):
         if scheduler is None:
             # The scheduler of a LocalCluster lives in this process, so its config is ours to set.
             try:
-                with dask.config.set({"distributed.scheduler.allowed-failures": retries}):
+                # The workers' statistical profiler samples their threads 100 times a second,
+                # CPU the runs beside them on this machine would rather have.
+                with dask.config.set({"distributed.scheduler.allowed-failures": retries,
+                                      "distributed.worker.profile.enabled": False}):
                     self.cluster = distributed.LocalCluster(
                         n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                         dashboard_address=None, silence_logs=logging.ERROR)
