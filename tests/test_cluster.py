@@ -55,7 +55,9 @@ def rows_of(out):
 
 
 def summaries(out):
-    return [p.name for p in sorted((out / "runs").iterdir()) if sweep.find_summary(p)[0] is not None]
+    """The finished run folders (not the hidden ones still being written back)."""
+    return [p.name for p in sorted((out / "runs").iterdir())
+            if not p.name.startswith(".") and sweep.find_summary(p)[0] is not None]
 
 
 def env():
