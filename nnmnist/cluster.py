@@ -21,6 +21,7 @@ but the scheduler's connections:
 Dask is imported only when a `DaskExecutor` is made; the worker side needs no more than nnmnist
 itself (and Dask, which runs it).
 """
+import collections
 import concurrent.futures as cf
 import contextlib
 import hashlib
@@ -32,6 +33,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -75,19 +77,19 @@ def code_fingerprint():
     return _fingerprint
 
 
-def package_version():
+def package_version(name="nnmnist"):
+    """The installed version of a distribution, without importing it."""
     try:
         from importlib.metadata import PackageNotFoundError, version
-        return version("nnmnist")
+        return version(name)
     except (ImportError, PackageNotFoundError):
         return "unknown"
 
 
 def identity():
     """What a worker must share with the client to give the same results."""
-    import numpy
     return {"version": package_version(), "code": code_fingerprint(), "host": socket.gethostname(),
-            "python": sys.version.split()[0], "numpy": numpy.__version__}
+            "python": sys.version.split()[0], "numpy": package_version("numpy")}
 
 
 class CodeMismatch(RuntimeError):
@@ -103,27 +105,28 @@ def mismatch(worker, theirs, ours):
             "install the same nnmnist on every worker (see docs/SWEEPS.md)")
 
 
-# Running run processes on this worker, by sweep token, so that a cancelled sweep can stop them.
-_running = {}
-_running_lock = threading.Lock()
 _fetch_locks = {}
+_fetch_locks_lock = threading.Lock()
 
 
-def terminate_runs(token):
-    """Stop this worker's runs of one sweep (called on every worker when the sweep is cancelled)."""
-    with _running_lock:
-        procs = list(_running.get(token, ()))
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    return len(procs)
+def _stop_when_unwanted(worker, key, proc, every=0.5):
+    """Terminate the run's process once the scheduler no longer wants this task: the sweep was
+    interrupted, or its client is gone (Dask lets a task that was cancelled run to its end)."""
+    def watch():
+        while proc.poll() is None:
+            ts = worker.state.tasks.get(key)
+            if ts is None or ts.state not in ("executing", "long-running"):
+                proc.terminate()
+                return
+            time.sleep(every)
+    threading.Thread(target=watch, name=f"watch-{key}", daemon=True).start()
 
 
 @contextlib.contextmanager
 def _fetch_lock(data_dir):
     """One fetch at a time per data folder on this machine: a thread lock, then a file lock."""
     key = hashlib.sha1(str(Path(data_dir).resolve()).encode("utf-8")).hexdigest()[:16]
-    with _running_lock:
+    with _fetch_locks_lock:
         lock = _fetch_locks.setdefault(key, threading.Lock())
     with lock:
         path = Path(tempfile.gettempdir()) / f"nnmnist-fetch-{key}.lock"
@@ -166,10 +169,28 @@ def ensure_data(config_path, set_fields):
             fetch.fetch_mnist(data_dir, keys, log=log.info)
 
 
-def run_on_worker(task, base_name, base_text, expected, token, offline):
+def run_environment(worker):
+    """This worker's environment without what Dask's nanny added for its worker process.
+
+    The nanny sets `distributed.nanny.pre-spawn-environ` (MALLOC_TRIM_THRESHOLD_=65536 and one
+    BLAS/OpenMP thread) in the worker's environment. A run would inherit them, and with them a
+    1-epoch run took a third longer (docs/SWEEPS.md); the run sets its own threads (Threads).
+    """
+    env = dict(os.environ)
+    if getattr(worker, "nanny", None):
+        import dask
+        added = dask.config.get("distributed.nanny.pre-spawn-environ", None) or {}
+        for name, value in added.items():
+            if env.get(name) == str(value):
+                del env[name]
+    return env
+
+
+def run_on_worker(task, base_name, base_text, expected, offline):
     """The Dask task: run one sweep run here; return its files, exit status and seconds."""
     from distributed import get_worker
     worker = get_worker()
+    key = worker.get_current_task()
     mine = identity()
     reason = mismatch(worker.address, mine, expected)
     if reason:
@@ -188,23 +209,14 @@ def run_on_worker(task, base_name, base_text, expected, token, offline):
         else:
             try:
                 ensure_data(config_path, task.set_fields)
-            except UserError as exc:
-                return {"files": {}, "returncode": -1, "seconds": 0.0, "worker": worker.address,
+            except UserError as exc:  # as run.py would have failed: status 2, one line
+                return {"files": {}, "returncode": 2, "seconds": 0.0, "worker": worker.address,
                         "host": mine["host"], "error": f"on {mine['host']}: {exc}"}
         here = sweep.RunTask(task.run_id, task.overrides, task.set_fields, task.config,
                              tuple(command), str(run_dir), os.getcwd())
 
-        def started(proc):
-            with _running_lock:
-                _running.setdefault(token, set()).add(proc)
-        try:
-            outcome = sweep.execute_run(here, on_start=started)
-        finally:
-            with _running_lock:
-                procs = _running.get(token, set())
-                procs.difference_update([p for p in procs if p.poll() is not None])
-                if not procs:
-                    _running.pop(token, None)
+        outcome = sweep.execute_run(here, on_start=lambda proc: _stop_when_unwanted(worker, key, proc),
+                                    env=run_environment(worker))
         files = {p.relative_to(run_dir).as_posix(): p.read_bytes()
                  for p in sorted(run_dir.rglob("*")) if p.is_file()}
         return {"files": files, "returncode": outcome.returncode, "seconds": outcome.seconds,
@@ -246,6 +258,24 @@ def write_back(run_dir, files, worker=None):
         raise
 
 
+def _probe(address, timeout):
+    """Open and close one connection to the scheduler, handshake included, within `timeout`.
+
+    Dask's own connect bounds the TCP connection but not the handshake after it, so a port that
+    accepts connections and never answers would otherwise hang the client.
+    """
+    import asyncio
+    from distributed.comm import connect
+
+    async def once():
+        comm = await asyncio.wait_for(connect(address, timeout=timeout), timeout)
+        await comm.close()
+    try:
+        asyncio.run(once())
+    except asyncio.TimeoutError:
+        raise TimeoutError(f"no handshake from {address} after {timeout:g} s") from None
+
+
 def _worker_died_message(exc, retries):
     return (f"the worker running it died {retries + 1} time(s) (--retries {retries}); "
             f"last on {getattr(exc, 'last_worker', None) and exc.last_worker.address or 'a worker'}")
@@ -271,14 +301,24 @@ class DaskExecutor(sweep.Executor):
         self.cluster = None
         self._restore_failures = None
         self._lock = threading.Lock()
-        self._futures = {}
-        self._cancelled = False
+        self._wake = threading.Condition(self._lock)
+        self._queue = collections.deque()  # (task, driver's future) not yet given to the scheduler
+        self._futures = {}  # key -> Dask future, of the runs given to the scheduler
+        self._cancelled = self._closing = False
+        self._feeder = None
         if scheduler is None:
             # The scheduler of a LocalCluster lives in this process, so its config is ours to set.
-            with dask.config.set({"distributed.scheduler.allowed-failures": retries}):
-                self.cluster = distributed.LocalCluster(
-                    n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                    dashboard_address=None, silence_logs=logging.ERROR)
+            try:
+                # The workers' statistical profiler samples their threads 100 times a second,
+                # CPU the runs beside them on this machine would rather have.
+                with dask.config.set({"distributed.scheduler.allowed-failures": retries,
+                                      "distributed.worker.profile.enabled": False}):
+                    self.cluster = distributed.LocalCluster(
+                        n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                        dashboard_address=None, silence_logs=logging.ERROR)
+            except Exception as exc:  # e.g. worker processes that cannot start
+                raise UserError(f"could not start a local Dask cluster of {workers} worker(s): "
+                                f"{type(exc).__name__}: {exc}") from None
             self.client = distributed.Client(self.cluster)
             self.where = f"on a local Dask cluster of {workers} worker(s)"
         else:
@@ -304,6 +344,7 @@ class DaskExecutor(sweep.Executor):
         address = given if "://" in given else "tcp://" + given
         logging.getLogger("distributed").setLevel(logging.ERROR)  # its retries are not the user's concern
         try:
+            _probe(address, timeout)
             client = self._distributed.Client(address, timeout=timeout)
         except (OSError, TimeoutError) as exc:
             raise UserError(f"--scheduler {given}: no Dask scheduler answered within {timeout:g} s "
@@ -311,7 +352,6 @@ class DaskExecutor(sweep.Executor):
         except ValueError as exc:
             raise UserError(f"--scheduler {given}: not a scheduler address ({exc}); "
                             "expected tcp://HOST:PORT") from None
-        self.address = address
         return client
 
     def _check_workers(self, address, timeout):
@@ -358,23 +398,54 @@ class DaskExecutor(sweep.Executor):
             raise UserError(problems[0] + more)
 
     # -- running
+    #
+    # Runs wait here, not at the scheduler: only as many are given to it as the cluster has
+    # threads. The scheduler would otherwise hand a worker several runs at once, and a worker
+    # that dies counts as a failure of every run it holds, even those that never started.
 
     def submit(self, task):
         result = cf.Future()
         result.set_running_or_notify_cancel()
-        fut = self.client.submit(run_on_worker, task, self.base_name, self.base_text, self.identity,
-                                 self.token, self.offline, key=f"run-{task.run_id}-{self.token}",
-                                 pure=False)
         with self._lock:
-            self._futures[fut.key] = fut
-        fut.add_done_callback(lambda f: self._finish(f, task, result))
+            self._queue.append((task, result))
+            if self._feeder is None:
+                self._feeder = threading.Thread(target=self._feed, name="sweep-dask-feeder", daemon=True)
+                self._feeder.start()
+            self._wake.notify()
         return result
+
+    def _threads(self):
+        try:
+            return sum(self.client.nthreads().values())
+        except Exception:  # the scheduler is busy or gone; try again later
+            return 0
+
+    def _feed(self):
+        while True:
+            with self._lock:
+                while not (self._queue or self._cancelled or self._closing):
+                    self._wake.wait()
+            threads = self._threads()
+            with self._lock:
+                if self._cancelled or self._closing:
+                    return
+                if not self._queue or len(self._futures) >= threads:
+                    # woken by a new run or a finished one; a timeout to see workers come and go
+                    self._wake.wait(timeout=0.5)
+                    continue
+                task, result = self._queue.popleft()
+                fut = self.client.submit(run_on_worker, task, self.base_name, self.base_text,
+                                         self.identity, self.offline,
+                                         key=f"run-{task.run_id}-{self.token}", pure=False)
+                self._futures[fut.key] = fut
+            fut.add_done_callback(lambda f, task=task, result=result: self._finish(f, task, result))
 
     def _finish(self, fut, task, result):
         """On Dask's callback thread: write the run's files back and resolve the driver's future."""
         try:
             with self._lock:
                 self._futures.pop(fut.key, None)
+                self._wake.notify()
                 if self._cancelled:
                     result.set_exception(cf.CancelledError())
                     return
@@ -388,29 +459,38 @@ class DaskExecutor(sweep.Executor):
         if fut.status == "cancelled":
             return sweep.RunOutcome(task.run_id, -1, 0.0, error="cancelled")
         exc = fut.exception()
-        if exc is not None:
-            if isinstance(exc, self._distributed.KilledWorker):
-                error = _worker_died_message(exc, self.retries)
+        got = None if exc is not None else fut.result()
+        if exc is not None or got["error"]:
+            if got is not None:
+                error, status = got["error"], got["returncode"]
+            elif isinstance(exc, self._distributed.KilledWorker):
+                error, status = _worker_died_message(exc, self.retries), -1
             elif isinstance(exc, CodeMismatch):
-                error = str(exc)
+                error, status = str(exc), -1
             else:
-                error = f"{type(exc).__name__}: {exc}"
-            return sweep.RunOutcome(task.run_id, -1, 0.0, error=error)
-        got = fut.result()
-        if got["error"]:
-            return sweep.RunOutcome(task.run_id, got["returncode"], got["seconds"], error=got["error"])
+                error, status = f"{type(exc).__name__}: {exc}", -1
+            # The run never started: its folder holds only the reason, as stderr.txt.
+            write_back(task.run_dir, {"stderr.txt": (error + "\n").encode("utf-8")})
+            return sweep.RunOutcome(task.run_id, status, 0.0 if got is None else got["seconds"],
+                                    error=error)
         write_back(task.run_dir, got["files"], worker=f"{got['worker']} ({got['host']})")
         return sweep.collect_outcome(task.run_id, task.run_dir, got["returncode"], got["seconds"])
 
     def shutdown(self, cancel=False):
-        if cancel:
-            with self._lock:
-                self._cancelled = True
-                futures = list(self._futures.values())
-            try:
-                if futures:
-                    self.client.cancel(futures, force=True)
-                self.client.run(terminate_runs, self.token, on_error="return")
+        with self._lock:
+            self._closing = True
+            self._cancelled = self._cancelled or cancel
+            waiting = list(self._queue)
+            self._queue.clear()
+            futures = list(self._futures.values())
+            self._wake.notify_all()
+        for _, result in waiting:
+            result.set_exception(cf.CancelledError())
+        if self._feeder is not None:
+            self._feeder.join(timeout=10)
+        if cancel and futures:
+            try:  # the workers then stop the runs (_stop_when_unwanted)
+                self.client.cancel(futures, force=True)
             except Exception as exc:  # the cluster may already be gone; closing is what matters
                 log.debug("cancelling: %s", exc)
         self._close()

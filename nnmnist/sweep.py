@@ -1,6 +1,7 @@
 """Sweeps: run a grid of config overrides x seeds as separate `run.py` processes, and collect the results.
 
     python -m nnmnist.sweep SPEC.json [--out DIR] [--jobs N] [--offline] [--dry-run]
+                            [--executor dask [--scheduler tcp://HOST:PORT] [--retries R]]
     python -m nnmnist.sweep summarize OUT [--by NetType,TrainTop]
 
 A spec is a JSON object (see docs/SWEEPS.md):
@@ -21,12 +22,10 @@ Execution goes through a small executor interface (`Executor`): `submit(task)` r
 `concurrent.futures.Future` whose result is a `RunOutcome`, and `shutdown(cancel)` stops it.
 `LocalPoolExecutor` runs the tasks as subprocesses of this machine, `jobs` at a time. The work
 of one run is the module-level function `execute_run(task)`, which takes a plain, picklable
-`RunTask` and returns a plain `RunOutcome` that carries the run's summary record, so a
-multi-machine backend on an existing distributed engine can be added as another `Executor`
-without reshaping the driver: for Ray, `submit` would return
-`ray.remote(execute_run).remote(task).future()`; for Dask, `client.submit(execute_run, task)`
-wrapped in a `concurrent.futures.Future`. Such a backend needs `OUT` on storage that the
-workers share (or must copy each run folder back), since resuming looks for the summary there.
+`RunTask` and returns a plain `RunOutcome` that carries the run's summary record.
+`nnmnist.cluster.DaskExecutor` (`--executor dask`) is the multi-machine backend: it calls
+`execute_run` on Dask workers and copies each run folder back into `OUT/runs/<id>/`, where
+`collect_outcome` reads it as for a local run. Dask is imported only when it is asked for.
 """
 import argparse
 import concurrent.futures as cf
@@ -266,11 +265,12 @@ def last_line(path):
     return lines[-1] if lines else ""
 
 
-def execute_run(task, on_start=None):
+def execute_run(task, on_start=None, env=None):
     """Run one task to the end in a fresh, empty run folder; return its RunOutcome.
 
     A module-level function of plain data, so that any executor (local or remote) can call it.
-    `on_start(popen)` lets a local executor keep hold of the process to stop it.
+    `on_start(popen)` lets a local executor keep hold of the process to stop it; `env` is the
+    run's environment (default: this process's).
     """
     run_dir = Path(task.run_dir)
     if run_dir.exists():
@@ -286,7 +286,8 @@ def execute_run(task, on_start=None):
         # holds this folder's sweep lock with us (an inherited descriptor of the locked file).
         proc = subprocess.Popen(task.command, cwd=task.cwd, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=err, pass_fds=SweepLock.held_fds(),
-                                env={**os.environ, PARENT_ENV: str(os.getpid())})
+                                env={**(os.environ if env is None else env),
+                                     PARENT_ENV: str(os.getpid())})
         if on_start is not None:
             on_start(proc)
         returncode = proc.wait()
