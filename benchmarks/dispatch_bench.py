@@ -24,8 +24,8 @@ from threadpoolctl import threadpool_info  # noqa: E402
 
 from nnmnist import kernels as K  # noqa: E402
 from nnmnist.kernels import fused  # noqa: E402
+from kernel_ab import POOL, unit_inputs  # noqa: E402  (benchmarks/ is on sys.path)
 
-POOL = 8
 
 
 def main(argv=None):
@@ -50,13 +50,7 @@ def main(argv=None):
     try:
         for n_out in [int(w) for w in args.widths.split(",")]:
             for n_in, need_dx in ((784, False), (n_out, True)):
-                x = np.maximum(rng.standard_normal((B, n_in)), 0).astype(np.float32)
-                W = rng.standard_normal((n_out, n_in)).astype(np.float32)
-                gs = [rng.standard_normal((B, n_out)).astype(np.float32) for _ in range(POOL)]
-                outs = [np.maximum(rng.standard_normal((B, n_out)), 0).astype(np.float32)
-                        for _ in range(POOL)]
-                db, dW = np.zeros(n_out, np.float32), np.zeros((n_out, n_in), np.float32)
-                g = np.empty_like(gs[0])
+                x, W, gs, outs, db, dW, g = unit_inputs(rng, B, n_in, n_out)
                 for share in (0.04, 0.08, 0.16, 0.24, 0.32, 0.5):
                     k = max(1, int(share * n_out))
                     ws = K.BackwardWorkspace(B, k, n_out)

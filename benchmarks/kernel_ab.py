@@ -43,6 +43,18 @@ def load_base(rev, tmp):
     return importlib.import_module("base_kernels")
 
 
+def unit_inputs(rng, B, n_in, n_out):
+    """A hidden unit's backward inputs: x, W, POOL output gradients and ReLU outputs, the
+    db and dW accumulators, and a scratch gradient the kernels may overwrite."""
+    x = np.maximum(rng.standard_normal((B, n_in)), 0).astype(np.float32)
+    W = rng.standard_normal((n_out, n_in)).astype(np.float32)
+    gs = [rng.standard_normal((B, n_out)).astype(np.float32) for _ in range(POOL)]
+    outs = [np.maximum(rng.standard_normal((B, n_out)), 0).astype(np.float32)
+            for _ in range(POOL)]
+    db, dW = np.zeros(n_out, np.float32), np.zeros((n_out, n_in), np.float32)
+    return x, W, gs, outs, db, dW, np.empty((B, n_out), np.float32)
+
+
 def relu_rows(rng, B, n):
     a = rng.standard_normal((B, n)).astype(np.float32)
     a[rng.random((B, n)) < 0.5] = 0.0  # ReLU-like zeros
@@ -78,13 +90,7 @@ def cases(rng, only):
         for B, n_in, n_out, k, dx in ((100, 784, 500, 80, False), (100, 500, 500, 80, True),
                                       (100, 500, 500, 20, True), (10, 500, 500, 20, True),
                                       (100, 2000, 2000, 20, True)):
-            x = np.maximum(rng.standard_normal((B, n_in)), 0).astype(np.float32)
-            W = rng.standard_normal((n_out, n_in)).astype(np.float32)
-            gs = [rng.standard_normal((B, n_out)).astype(np.float32) for _ in range(POOL)]
-            outs = [np.maximum(rng.standard_normal((B, n_out)), 0).astype(np.float32)
-                    for _ in range(POOL)]
-            db, dW = np.zeros(n_out, np.float32), np.zeros((n_out, n_in), np.float32)
-            g = np.empty((B, n_out), np.float32)
+            x, W, gs, outs, db, dW, g = unit_inputs(rng, B, n_in, n_out)
             for kind in ("layer", "unified"):
                 if kind not in only:
                     continue
@@ -119,9 +125,8 @@ def main(argv=None):
     from nnmnist import kernels as new
     with tempfile.TemporaryDirectory() as tmp:
         base = load_base(args.base, tmp)
-        for K in (new, base):
+        for K in (new, base):  # each case's first, untimed call compiles what it times
             K.set_num_threads(args.threads)
-            K.warmup()
         blas = [(i.get("architecture"), i["num_threads"]) for i in threadpool_info()
                 if i["user_api"] == "blas"]
         print(f"base {args.base} against the working tree; threads {args.threads}; "

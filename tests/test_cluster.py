@@ -142,6 +142,16 @@ def _sweep_in_thread(argv):
     return t, result
 
 
+def _kill_a_worker_mid_sweep(client, capsys, argv):
+    """Run a sweep, SIGKILL the worker process of its first running run, and wait for the end:
+    the sweep's result, its printed output and the killed worker's address."""
+    thread, result = _sweep_in_thread(argv)
+    address, pid, _ = wait_for(lambda: _worker_running_a_run(client), what="a running run")
+    os.kill(pid, signal.SIGKILL)
+    thread.join(120)
+    return result, capsys.readouterr().out, address
+
+
 def test_a_worker_killed_mid_run_is_retried_at_most_retries_times(cluster, workspace, capsys):
     lc, client = cluster
     tmp, spec = workspace
@@ -150,11 +160,8 @@ def test_a_worker_killed_mid_run_is_retried_at_most_retries_times(cluster, works
 
     # No retries: the run whose worker is killed fails, the others finish.
     out0 = tmp / "no-retries"
-    thread, result = _sweep_in_thread([path, "--out", out0, "--retries", 0, *common])
-    address, pid, run_pid = wait_for(lambda: _worker_running_a_run(client), what="a running run")
-    os.kill(pid, signal.SIGKILL)
-    thread.join(120)
-    text = capsys.readouterr().out
+    result, text, address = _kill_a_worker_mid_sweep(client, capsys, [path, "--out", out0,
+                                                                      "--retries", 0, *common])
     assert result["rc"] == 1, text
     rows = rows_of(out0)
     failed = [r for r in rows.values() if r["status"] == "failed"]
@@ -166,11 +173,8 @@ def test_a_worker_killed_mid_run_is_retried_at_most_retries_times(cluster, works
     # With retries, the same failure is absorbed: the run is started again on a live worker.
     client.wait_for_workers(2, timeout=60)  # the nanny restarts the killed worker
     out = tmp / "retried"
-    thread, result = _sweep_in_thread([path, "--out", out, "--retries", 2, *common])
-    address, pid, run_pid = wait_for(lambda: _worker_running_a_run(client), what="a running run")
-    os.kill(pid, signal.SIGKILL)
-    thread.join(120)
-    text = capsys.readouterr().out
+    result, text, address = _kill_a_worker_mid_sweep(client, capsys, [path, "--out", out,
+                                                                      "--retries", 2, *common])
     assert result["rc"] == 0, text
     rows = rows_of(out)
     assert all(r["status"] == "done" for r in rows.values()), text
