@@ -10,13 +10,19 @@
      with its pruned neurons removed;
    - mlpvar masked: the same weights in full-size arrays with the pruned neurons masked
      (Compact false, what every mlpvar run cost before compaction).
+   - mlp, hidden 8: mlp at HiddenSize 8, whose epoch is almost only the cost per minibatch
+     that does not shrink with the network (Python, op calls, gathering the examples).
    Wall-clock seconds (what the log's `Time:` line sums) and the process's CPU seconds over
    the whole epoch (all threads; the data gathering included) are both given: on a busy
    machine the wall clock also counts the time other processes held the core.
    The meSimp network is the one a real run reaches: by default this script trains the first
    simplify cycle (TrainCycle epochs of the default mlpvar config, seed 1); with --checkpoint
    it starts from a run's checkpoint (for example the one a 20-epoch run leaves).
-2. Decoding. Scoring the 10,000 test images in batches of 1,000 with the exported model
+2. Adam on denormal moments. One update step of the meSimp network's optimizer on the state
+   the run left (its moments hold float32 denormals), against the same step with those
+   moments flushed to zero beforehand (medians of 200 steps, each from the same state and
+   gradient), and whether the two give the same weights.
+3. Decoding. Scoring the 10,000 test images in batches of 1,000 with the exported model
    (`nnmnist.export`: compacted, inference only) against the unpruned 784-500-500-10 model,
    alternating, medians over 9 repeats; and the two models' parameter counts.
 """
@@ -44,6 +50,7 @@ from nnmnist.export import export  # noqa: E402
 from nnmnist.model import InferenceModel, load_model  # noqa: E402
 from nnmnist.runlog import RunLog  # noqa: E402
 from nnmnist.state import Position, capture, restore  # noqa: E402
+from nnmnist.tensor import Flow  # noqa: E402
 from nnmnist.train import Timer, Trainer  # noqa: E402
 
 MLPVAR = dict(NetType="mlpvar", TrainTop=160, Prune=0.1, TrainCycle=5)
@@ -131,19 +138,22 @@ def main():
     var, origin = simplified_trainer(splits, args.checkpoint)
     mlp = Trainer(Config(RandomSeed=1), splits)
     masked = masked_twin(var, splits)
-    for t in (mlp, var, masked):
+    narrow = Trainer(Config(RandomSeed=1, HiddenSize=8), splits)
+    for t in (mlp, var, masked, narrow):
         t.compute.warmup()
         t.train_part(t.order[:500], Timer(), "warm-up")
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"threads {args.threads}; BLAS: {blas_names()}")
     print(f"# meSimp network from {origin}: Dims {var.model.dims()}")
-    epoch = median_times({"mlp": mlp, "mlpvar compacted": var, "mlpvar masked": masked},
-                         args.repeats, one_epoch)
+    epoch = median_times({"mlp": mlp, "mlpvar compacted": var, "mlpvar masked": masked,
+                          "mlp, hidden 8": narrow}, args.repeats, one_epoch)
     print("\n| case | fp s | bp s | update s | epoch s (fp+bp+update) | / mlp | CPU s | / mlp |")
     print("|---|---|---|---|---|---|---|---|")
     for name, (s, fp, bp, up, cpu) in epoch.items():
         print(f"| {name} | {fp:.2f} | {bp:.2f} | {up:.2f} | {s:.2f} | {s / epoch['mlp'][0]:.2f}x "
               f"| {cpu:.2f} | {cpu / epoch['mlp'][4]:.2f}x |")
+
+    adam_on_denormals(var)
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "var.ckpt.npz"
@@ -162,6 +172,42 @@ def main():
         print(f"| {name} | {m.n_in}-{'-'.join(map(str, m.widths))} | {m.param_count:,} "
               f"({m.param_count / full.param_count:.2f}x) | {decode[name] * 1000:.1f} ms | "
               f"{base / decode[name]:.1f}x |")
+
+
+def adam_on_denormals(trainer):
+    """Time one optimizer step from the trained state as it is and with its denormal
+    moments flushed to zero; the state, weights and step counter are put back each time."""
+    opt, store = trainer.opt, trainer.opt.store
+    x, y = trainer.trn_x[trainer.order[:100]], trainer.trn_y[trainer.order[:100]]
+    flow = Flow(training=True)
+    trainer.model.forward(flow, x, y)
+    flow.backward()
+    grad, value, t = store.grad.copy(), store.value.copy(), opt.t
+    state = {name: buf.copy() for name, buf in opt.state.flat.items()}
+    tiny = np.finfo(np.float32).tiny
+    denormal = {name: int(((np.abs(b) < tiny) & (b != 0)).sum()) for name, b in state.items()}
+
+    def step(flush):
+        for name, buf in opt.state.flat.items():
+            buf[...] = state[name]
+            if flush:
+                buf[np.abs(buf) < tiny] = 0
+        store.value[...], store.grad[...], opt.t = value, grad, t
+        start = time.perf_counter()
+        opt.step()
+        return time.perf_counter() - start
+    times = median_times({"as trained": False, "flushed": True}, 200, step)
+    step(False)
+    as_is = store.value.copy()
+    step(True)
+    same = np.array_equal(as_is, store.value)
+    store.value[...], opt.t = value, t
+    for name, buf in opt.state.flat.items():
+        buf[...] = state[name]
+    print(f"\n# Adam step on the trained meSimp state ({store.size:,} parameters; denormal "
+          f"moments: {', '.join(f'{n} {c:,}' for n, c in denormal.items())}): "
+          f"{times['as trained'] * 1e6:.0f} us as trained, {times['flushed'] * 1e6:.0f} us with "
+          f"them flushed to zero; the same weights after the step: {same}")
 
 
 def timed(fn):

@@ -10,8 +10,15 @@ of file and the run's config. Three kinds share the format:
   test accuracy at it, and the summed times.
 - `best` (`.best.npz`): the network at the best dev accuracy, weights and masks only.
 - `export`: an inference-only network with pruned neurons removed (`nnmnist.export`).
+
+The arrays are state dicts flattened under a prefix: the network's (`Network.state_dict()`)
+under `net.` (`net.0.W`, `net.0.active`, `net.rng`, ...), the optimizer's under `opt.`
+(`opt.t`, `opt.m.0.W`, ...) and the run's own under `train.` (`train.order`). An export holds
+only the weights of the compacted network, under the same names (`net.0.W`, `net.0.b`, ...).
+Version 1 files differ only in an export's prefix (`layer.`); they are still read.
 """
 import json
+import math
 import zipfile
 import zlib
 from dataclasses import asdict, fields
@@ -23,7 +30,9 @@ from . import fsio
 from .errors import UserError
 
 FORMAT = "nnmnist-model"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)  # the versions this nnmnist reads
+NET, OPT, TRAIN = "net.", "opt.", "train."  # the prefixes of the flattened state dicts
 KINDS = ("checkpoint", "best", "export")
 
 # Fields that fix the shapes of the stored arrays (or their meaning): a resumed run may not
@@ -53,6 +62,21 @@ def to_host(a):
     return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.array(a)
 
 
+def flatten(prefix, state):
+    """A state dict's entries as file arrays: `prefix` + name."""
+    return {prefix + name: value for name, value in state.items()}
+
+
+def section(arrays, prefix):
+    """The state dict stored under `prefix` (the prefix removed)."""
+    return {name[len(prefix):]: a for name, a in arrays.items() if name.startswith(prefix)}
+
+
+def as_float(value):
+    """A float stored in meta: null stands for NaN (the strict JSON writer's NaN)."""
+    return math.nan if value is None else float(value)
+
+
 # ---------------------------------------------------------------- writing
 
 def save(path, kind, meta, arrays):
@@ -62,7 +86,7 @@ def save(path, kind, meta, arrays):
     path = Path(path)
     meta = {"format": FORMAT, "version": VERSION, "kind": kind, **meta}
     payload = {name: to_host(a) for name, a in arrays.items()}  # 0-d arrays stay 0-d
-    payload["meta"] = np.array(json.dumps(meta))
+    payload["meta"] = np.array(fsio.dumps(meta))  # strict JSON: a NaN is written as null
     with fsio.atomic_writer(path) as f:  # mode from the umask; a failure is a WriteError
         np.savez(f, **payload)
     return path
@@ -136,14 +160,17 @@ def read(path, kinds=KINDS):
         raise UserError(f"{path}: field format = {json.dumps(meta.get('format'))}: "
                         f"not an nnmnist model file")
     version = meta.get("version")
-    if version != VERSION:
+    if version not in READS or isinstance(version, bool):
         raise UserError(f"{path}: field version = {json.dumps(version)}: unknown format version "
-                        f"(this nnmnist reads version {VERSION})")
+                        f"(this nnmnist reads versions {', '.join(map(str, READS))})")
     if meta.get("kind") not in kinds:
         wanted = " or ".join(kinds)
         raise UserError(f"{path}: field kind = {json.dumps(meta.get('kind'))}: expected a {wanted} file")
     if not isinstance(meta.get("config"), dict):
         raise UserError(f"{path}: field config is missing (a damaged or foreign file)")
+    if version == 1 and meta["kind"] == "export":  # version 1 exports: layer.{i}.W, layer.{i}.b
+        arrays = {(NET + k[len("layer."):] if k.startswith("layer.") else k): a
+                  for k, a in arrays.items()}
     return ModelFile(path, meta, arrays)
 
 

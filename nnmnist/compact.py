@@ -27,6 +27,7 @@ import numpy as np
 
 from . import ops
 from .layers import MaskedDense
+from .tensor import Tensor
 
 
 def keep_rows(a, keep):
@@ -67,36 +68,39 @@ def take_back_fills(value, grad, origin, k, k_compact, unified, hits, xp=np):
 
 
 def _take_back_fills_kernel():
-    """The same as `take_back_fills` in one pass per row, compiled (for the Numba path)."""
+    """The same as `take_back_fills` in one pass per row, compiled (for the Numba path). The
+    loops are branch-free (the tests are added as 0/1): which entries of a ReLU layer's
+    gradient are non-zero is close to a coin toss, and a branch on it mispredicts about every
+    other time."""
     from .kernels._jit import kernel
 
     @kernel
-    def row(nz, origin, k, k_compact, weight, hits):
-        n = nz.shape[0]
-        nnz = 0
-        for j in range(n):
-            nnz += nz[j]
+    def row(nz, nnz, origin, k, k_compact, weight, hits):
         if nnz >= k_compact:  # the compacted top-k took no zero-gradient neuron
             return
         before = 0
-        for j in range(n):
-            if nz[j]:
-                before += 1
-            elif j - before < k_compact - nnz and not origin[j] - before < k - nnz:
-                hits[j] -= weight
+        for j in range(nz.shape[0]):
+            z = nz[j]
+            # a zero column the compacted top-k fills and the full-width one does not
+            hits[j] -= weight * ((1 - z) * (j - before < k_compact - nnz)
+                                 * (origin[j] - before >= k - nnz))
+            before += z
 
     @kernel
     def take_back(value, grad, origin, k, k_compact, unified, hits):
         batch, n = value.shape
-        nz = np.zeros(n, np.bool_)
+        nz = np.zeros(n, np.int64)
+        nnz = 0
         for b in range(batch):
+            nnz = 0
             for j in range(n):
-                here = value[b, j] > 0 and grad[b, j] != 0
-                nz[j] = (nz[j] or here) if unified else here
+                here = np.int64((value[b, j] > 0) & (grad[b, j] != 0))
+                nz[j] = (nz[j] | here) if unified else here
+                nnz += nz[j]
             if not unified:
-                row(nz, origin, k, k_compact, 1, hits)
+                row(nz, nnz, origin, k, k_compact, 1, hits)
         if unified:
-            row(nz, origin, k, k_compact, batch, hits)
+            row(nz, nnz, origin, k, k_compact, batch, hits)
     return take_back
 
 
@@ -116,31 +120,51 @@ class CompactedDense(MaskedDense):
 
     def activate(self, flow, x):
         if self.rule.k >= self.n_out:
-            y = self._dense_activate(flow, x)
-        else:
-            y = super().activate(flow, x)
+            return self._dense_activate(flow, x)
+        y = super().activate(flow, x)
 
         def correct_hits():  # runs before the unit's own backward, once y's gradient is whole
-            args = (y.value, y.grad, self.origin, self.k_full, self.rule.k,
-                    self.unified_full, self.hits)
-            if self.compute.name == "numba" and y.value.dtype == y.grad.dtype == np.float32:
-                take_back_fills_numba(*args)
-            else:
-                take_back_fills(*args, xp=self.compute.xp)
+            self._correct_hits(y)
         flow.record(correct_hits)
         return y
+
+    def _correct_hits(self, y):
+        args = (y.value, y.grad, self.origin, self.k_full, self.rule.k,
+                self.unified_full, self.hits)
+        if self.compute.name == "numba" and y.value.dtype == y.grad.dtype == np.float32:
+            take_back_fills_numba(*args)
+        else:
+            take_back_fills(*args, xp=self.compute.xp)
 
     def _dense_activate(self, flow, x):
         """relu(x W + b) with the ordinary dense backward, for a layer whose top-k takes every
         neuron: every non-zero gradient entry flows back, as the full-width top-k also lets
-        through every non-zero entry when a row has fewer than k; each example hits each neuron."""
-        y = ops.relu(flow, ops.add_bias(flow, ops.matmul(flow, x, self.W, self.compute), self.b))
+        through every non-zero entry when a row has fewer than k; each example hits each neuron.
+
+        One op instead of matmul, bias and ReLU ops: the same float operations in the same
+        order (so the same results as `ops.relu(ops.add_bias(ops.matmul(...)))`), done in
+        place where the op-by-op form allocates, with one recorded backward that also counts
+        the hits and takes back the fills. Like `ops.meprop_relu_unit`'s, the backward
+        overwrites y's gradient buffer in place; nothing reads it afterwards."""
+        W, b = self.W, self.b
+        z = self.compute.matmul_xwt(x.value, W.value)  # a fresh C-contiguous array
+        z += b.value
+        positive = z > 0
+        z *= positive  # as relu's x * (x > 0): a negative value becomes -0.0 there too
+        y = Tensor(z, requires_grad=True)
         batch = x.shape[0]
 
-        def count():
+        def backward():
+            self._correct_hits(y)
             self.examples += batch
             self.hits += batch
-        flow.record(count)
+            dy = y.grad
+            dy *= positive  # y's own gradient, not needed after this
+            b.grad += dy.sum(axis=0)
+            if x.requires_grad:
+                ops.accumulate(x, dy @ W.value)
+            W.grad += dy.T @ x.value
+        flow.record(backward)
         return y
 
 

@@ -8,8 +8,6 @@ import argparse
 import dataclasses
 import sys
 
-import numpy as np
-
 from . import checkpoint
 from .errors import report_errors
 
@@ -22,13 +20,9 @@ def build_network(mf, cfg):
     if mf.kind == "export":
         from .model import from_file
         return from_file(mf), NumpyCompute()
-    from .networks import MLP
-    from .state import load_network
+    from .state import build_network as build_trained
     compute = get_compute(cfg.Backend, cfg.Kernels)
-    n_in = int(mf.field("network").get("n_in", 0))
-    model = MLP(cfg, n_in, compute, np.random.default_rng(0))
-    load_network(model, mf)
-    return model, compute
+    return build_trained(mf, cfg, compute), compute
 
 
 def evaluate_file(path, data_dir=None, log=print, backend=None):

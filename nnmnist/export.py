@@ -1,8 +1,9 @@
 """`python -m nnmnist.export MODEL -o model.npz`: an inference-only, compacted model file.
 
 MODEL is a checkpoint (`.ckpt.npz`) or a best-dev model (`.best.npz`). The export holds each
-layer's weights with pruned meSimp neurons removed (`layer.{i}.W`, shape (out, in), and
-`layer.{i}.b`), the shapes and the run's config, and no optimizer state.
+layer's weights with pruned meSimp neurons removed, under the training network's state-dict
+names (`net.{i}.W`, shape (out, in), and `net.{i}.b`), the shapes and the run's config, and
+no optimizer state.
 """
 import argparse
 import sys
@@ -10,18 +11,16 @@ from pathlib import Path
 
 from . import checkpoint
 from .errors import UserError, report_errors
-from .model import compacted_layers
+from .model import InferenceModel, compacted_layers
 
 
 def export(src, dest):
     """Write the compacted model of `src` to `dest`; return (source widths, exported widths)."""
     mf = checkpoint.read(src, kinds=("checkpoint", "best"))
-    layers = compacted_layers(mf)
+    model = InferenceModel(compacted_layers(mf))
     net = mf.field("network")
-    arrays = {}
-    for i, (W, b) in enumerate(layers):
-        arrays[f"layer.{i}.W"], arrays[f"layer.{i}.b"] = W, b
-    widths = [int(W.shape[0]) for W, _ in layers]
+    arrays = checkpoint.flatten(checkpoint.NET, model.state_dict())
+    widths = model.widths
     meta = {"config": mf.meta["config"],
             "network": {"n_in": int(net["n_in"]), "widths": widths,
                         "totals": net.get("totals", widths)},

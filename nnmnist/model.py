@@ -53,6 +53,11 @@ class InferenceModel:
     def widths(self):
         return [W.shape[0] for W, _ in self.layers]
 
+    def state_dict(self):
+        """The weights under the training network's names: {"0.W", "0.b", "1.W", ...}."""
+        return {f"{i}.{name}": a for i, (W, b) in enumerate(self.layers)
+                for name, a in (("W", W), ("b", b))}
+
     @property
     def param_count(self):
         return sum(W.size + b.size for W, b in self.layers)
@@ -93,41 +98,46 @@ class InferenceModel:
 
 
 def compacted_layers(mf):
-    """(W, b) per layer of a checkpoint or best model, with inactive neurons removed."""
-    net = mf.field("network")
-    widths = net.get("widths")
-    if not isinstance(widths, list) or not widths:
-        raise UserError(f"{mf.path}: field network.widths is missing (a damaged or foreign file)")
+    """(W, b) per layer of a checkpoint or best model, with inactive neurons removed: the run's
+    network is rebuilt from the file's config and loaded with its state dict, then each masked
+    layer keeps its active rows (and the next layer the matching columns)."""
+    from .compute import NumpyCompute
+    from .state import build_network
+    model = build_network(mf, mf.config(), NumpyCompute())
     layers, keep_prev = [], None
-    n_in = net.get("n_in")
-    for i, n in enumerate(widths):
-        W = mf.array(f"net.{i}.W", (n, n_in), np.float32)
-        b = mf.array(f"net.{i}.b", (n,), np.float32)
+    for layer in model.layers:
+        W, b = layer.W.value, layer.b.value
         if keep_prev is not None:
             W = W[:, keep_prev]
         keep_prev = None
-        if f"net.{i}.active" in mf.arrays:
-            active = mf.array(f"net.{i}.active", (n,), bool)
-            if active.any() and not active.all():
-                keep_prev = np.flatnonzero(active)
-                W, b = W[keep_prev], b[keep_prev]
-            elif not active.any():
-                W, b = W * 0, b * 0  # every neuron pruned: the layer outputs zeros
+        active = getattr(layer, "active", None)
+        if active is not None and active.any() and not active.all():
+            keep_prev = np.flatnonzero(active)
+            W, b = W[keep_prev], b[keep_prev]
+        elif active is not None and not active.any():
+            W, b = W * 0, b * 0  # every neuron pruned: the layer outputs zeros
         layers.append((W, b))
-        n_in = n
     return layers
 
 
 def exported_layers(mf):
+    """(W, b) per layer of an exported model: the weights of its state dict (`net.{i}.W`,
+    `net.{i}.b`), checked against the stored widths."""
     widths = mf.field("network").get("widths", [])
     n_in = mf.field("network").get("n_in")
+    if not isinstance(widths, list) or not widths:
+        raise UserError(f"{mf.path}: field network.widths is empty (a damaged file)")
+    state = checkpoint.section(mf.arrays, checkpoint.NET)
+    expected = [f"{i}.{p}" for i in range(len(widths)) for p in ("W", "b")]
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise UserError(f"{mf.path}: field {checkpoint.NET}{unexpected[0]} is not part of an "
+                        f"exported model (a damaged or foreign file)")
     layers = []
     for i, n in enumerate(widths):
-        layers.append((mf.array(f"layer.{i}.W", (n, n_in), np.float32),
-                       mf.array(f"layer.{i}.b", (n,), np.float32)))
+        layers.append((mf.array(f"{checkpoint.NET}{i}.W", (n, n_in), np.float32),
+                       mf.array(f"{checkpoint.NET}{i}.b", (n,), np.float32)))
         n_in = n
-    if not layers:
-        raise UserError(f"{mf.path}: field network.widths is empty (a damaged file)")
     return layers
 
 

@@ -55,13 +55,17 @@ class Network:
     def state_dict(self):
         """Everything the network needs to continue a run exactly, as host arrays: the weights
         ("0.W", ...), each meSimp layer's active set, hit counts and example count
-        ("0.active", "0.hits", "0.examples") and the network generator's state ("rng", a JSON
-        string). Every value is a plain NumPy array (an .npz stores it without pickling)."""
+        ("0.active", "0.hits", "0.examples"), each compacted layer's neurons' places in the layer
+        as built ("0.origin") and the network generator's state ("rng", a JSON string). Every
+        value is a plain NumPy array (an .npz stores it without pickling). A compacted
+        network's state loads into a network compacted to the same widths."""
         out = self.store.state_dict()
         for i, layer in self._masked_by_index():
             out[f"{i}.active"] = to_host(layer.active)
             out[f"{i}.hits"] = to_host(layer.hits)
             out[f"{i}.examples"] = np.array(layer.examples, dtype=np.int64)
+            if getattr(layer, "origin", None) is not None:
+                out[f"{i}.origin"] = to_host(layer.origin)
         out["rng"] = np.array(json.dumps(self.rng.bit_generator.state))
         return out
 
@@ -70,6 +74,9 @@ class Network:
         xp = self.compute.xp
         extra = [f"{i}.{name}" for i, _ in self._masked_by_index()
                  for name in ("active", "hits", "examples")]
+        compacted = [(i, layer) for i, layer in self._masked_by_index()
+                     if getattr(layer, "origin", None) is not None]
+        extra += [f"{i}.origin" for i, _ in compacted]
         check_state_keys("model", state, self.store.names + extra + ["rng"])
         try:
             rng_state = json.loads(str(np.asarray(state["rng"])))
@@ -82,6 +89,13 @@ class Network:
             pairs += [(f"{i}.active", layer.active, state[f"{i}.active"]),
                       (f"{i}.hits", layer.hits, state[f"{i}.hits"]),
                       (f"{i}.examples", xp.zeros(()), state[f"{i}.examples"])]
+        for i, layer in compacted:
+            origin = np.asarray(state[f"{i}.origin"])
+            if origin.dtype.kind not in "iu" or origin.ndim != 1 or (origin.size and (
+                    origin.min() < 0 or origin.max() >= layer.n_total or (np.diff(origin) <= 0).any())):
+                raise StateDictError(f"model state: {i}.origin is not an increasing list of "
+                                     f"neurons below {layer.n_total}")
+            pairs.append((f"{i}.origin", layer.origin, origin))
         load_into("model", pairs, xp)  # every shape checked before anything is copied
         for i, layer in self._masked_by_index():
             layer.mask[...] = layer.active

@@ -1,14 +1,15 @@
 """What a run's state is, as named arrays and JSON: taking it from a Trainer and putting it back.
 
-Arrays are the network's state dict under `net.` (`net.0.W`, `net.0.active`, `net.0.hits`,
-`net.0.examples`, `net.rng`, ...) plus each compacted layer's `net.{i}.origin`, the
-optimizer's under `opt.` (`opt.t`, `opt.m.0.W`, ...) and `train.order`, the shuffled example
-order. Gradients are not stored: at a part boundary every gradient is zero.
+Arrays are the network's state dict (`Network.state_dict()`: weights, meSimp's active sets,
+hits, example counts and compacted layers' origins, the network generator) under `net.`, the
+optimizer's (`Optimizer.state_dict()`: step counter and moments) under `opt.`, and
+`train.order`, the shuffled example order (see `checkpoint` for the prefixes). Gradients are
+not stored: at a part boundary every gradient is zero.
 """
 import numpy as np
 
 from . import compact as compact_mod
-from .checkpoint import to_host
+from .checkpoint import NET, OPT, TRAIN, as_float, flatten, section
 from .errors import UserError
 
 
@@ -19,13 +20,8 @@ def is_masked(layer):
 # ---------------------------------------------------------------- the network
 
 def network_arrays(model):
-    """The network's state dict (weights, meSimp's active sets, hits and example counts, the
-    network generator), as `net.*` host arrays, and each compacted layer's `origin`."""
-    arrays = {f"net.{k}": v for k, v in model.state_dict().items()}
-    for i, layer in enumerate(model.layers):
-        if getattr(layer, "origin", None) is not None:  # compacted: neurons' first places
-            arrays[f"net.{i}.origin"] = to_host(layer.origin)
-    return arrays
+    """The network's state dict as `net.*` host arrays."""
+    return flatten(NET, model.state_dict())
 
 
 def network_meta(model):
@@ -38,10 +34,10 @@ def network_meta(model):
 
 
 def load_network(model, mf):
-    """Copy a model file's network into `model` (built from the same config), shrinking its
-    meSimp layers first if the file's were compacted."""
+    """Load a model file's network state into `model` (built from the same config): its meSimp
+    layers are first compacted to the file's widths if the file's were, then the state dict is
+    copied in place (`Network.load_state_dict`)."""
     net = mf.field("network")
-    xp = model.compute.xp
     n_in = int(model.layers[0].W.shape[1])
     widths, totals = net.get("widths"), net.get("totals")
     if (net.get("n_in") != n_in or not isinstance(widths, list) or not isinstance(totals, list)
@@ -49,40 +45,40 @@ def load_network(model, mf):
         raise UserError(f"{mf.path}: field network = {widths} (n_in {net.get('n_in')}) "
                         f"does not fit a network with {len(model.layers)} layers and {n_in} inputs")
     masked = [i for i, layer in enumerate(model.layers) if is_masked(layer)]
+    if any(totals[i] != model.layers[i].n_total for i in masked):
+        raise UserError(f"{mf.path}: field network.totals = {totals} does not fit the "
+                        f"config's HiddenSize {model.cfg.HiddenSize}")
     if any(int(widths[i]) != model.layers[i].n_out for i in masked):
         if any(not 0 < int(widths[i]) <= model.layers[i].n_out for i in masked):
             raise UserError(f"{mf.path}: field network.widths = {widths} does not fit the "
                             f"config's HiddenSize {model.cfg.HiddenSize}")
         compact_mod.resize(model, [int(widths[i]) for i in masked])
-    state = {k[len("net."):]: v for k, v in mf.arrays.items()
-             if k.startswith("net.") and not k.endswith(".origin")}
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(section(mf.arrays, NET))
     except UserError as exc:  # the state dict's own message, with the file's name
         raise UserError(f"{mf.path}: {exc}") from None
-    for i in masked:
-        layer = model.layers[i]
-        layer.n_total = int(totals[i])
-        if f"net.{i}.origin" in mf.arrays:
-            origin = mf.array(f"net.{i}.origin", (layer.n_out,), np.int64)
-            if layer.n_out and (origin.min() < 0 or origin.max() >= layer.n_total
-                                or (np.diff(origin) <= 0).any()):
-                raise UserError(f"{mf.path}: field net.{i}.origin is not an increasing "
-                                f"list of neurons below {layer.n_total} (a damaged file)")
-            layer.origin = xp.asarray(origin)
+
+
+def build_network(mf, cfg, compute):
+    """The training network of a checkpoint or best model, built as its run built it and
+    loaded with the file's state."""
+    from .networks import MLP
+    n_in = int(mf.field("network").get("n_in", 0))
+    model = MLP(cfg, n_in, compute, np.random.default_rng(0))
+    load_network(model, mf)
+    return model
 
 
 # ---------------------------------------------------------------- the optimizer
 
 def optimizer_arrays(opt):
     """The optimizer's state dict (step counter, moments) as `opt.*` host arrays."""
-    return {f"opt.{k}": v for k, v in opt.state_dict().items()}
+    return flatten(OPT, opt.state_dict())
 
 
 def load_optimizer(opt, mf):
-    state = {k[len("opt."):]: v for k, v in mf.arrays.items() if k.startswith("opt.")}
     try:
-        opt.load_state_dict(state)
+        opt.load_state_dict(section(mf.arrays, OPT))
     except UserError as exc:
         raise UserError(f"{mf.path}: {exc}") from None
     opt.store.grad.fill(0)  # at a part boundary every gradient is zero
@@ -112,14 +108,14 @@ def capture(trainer, position):
         },
     }
     arrays = {**network_arrays(trainer.model), **optimizer_arrays(trainer.opt),
-              "train.order": np.array(trainer.order)}
+              TRAIN + "order": np.array(trainer.order)}
     return meta, arrays
 
 
 def restore(trainer, mf):
     """Put a checkpoint's state into a Trainer built from its config; return its Position."""
     train = mf.field("train")
-    order = mf.array("train.order", trainer.order.shape, np.int64)
+    order = mf.array(TRAIN + "order", trainer.order.shape, np.int64)
     if not np.array_equal(np.sort(order), np.arange(len(order))):
         raise UserError(f"{mf.path}: field train.order is not a permutation (a damaged file)")
     load_network(trainer.model, mf)
@@ -130,6 +126,7 @@ def restore(trainer, mf):
     except (TypeError, ValueError, KeyError) as exc:
         raise UserError(f"{mf.path}: field train.data_rng: {exc}") from None
     trainer.seed = int(train["seed"])
-    trainer.result.best_dev = float(train["best_dev"])
-    trainer.result.test_at_best = float(train["test_at_best"])
-    return Position(int(train["epoch"]), int(train["part"]), train["epoch_time"], train["total_time"])
+    trainer.result.best_dev = as_float(train["best_dev"])
+    trainer.result.test_at_best = as_float(train["test_at_best"])
+    return Position(int(train["epoch"]), int(train["part"]),
+                    [as_float(x) for x in train["epoch_time"]], [as_float(x) for x in train["total_time"]])

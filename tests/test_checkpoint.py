@@ -152,6 +152,62 @@ def test_checkpoint_holds_the_documented_state(tmp_path, tiny_splits):
     assert {"data_rng", "epoch_time", "total_time", "test_at_best"} <= set(train)
 
 
+def test_arrays_are_the_state_dicts_under_their_prefixes(tmp_path, tiny_splits):
+    """A checkpoint's arrays are exactly the network's and the optimizer's state dicts, each
+    under its prefix, and the run's order: nothing is stored beside them."""
+    cfg = tiny_cfg(NetType="mlpvar", OptType="adam", MaxEpoch=2)
+    full_run(cfg, tiny_splits, tmp_path)
+    mf = checkpoint.read(tmp_path / "full.ckpt.npz")
+    t = Trainer(mf.config(), tiny_splits)
+    from nnmnist.state import restore
+    restore(t, mf)
+    net, opt = t.model.state_dict(), t.opt.state_dict()
+    assert any(name.endswith(".origin") for name in net)  # compacted: the origins are state
+    assert set(mf.arrays) == ({"net." + k for k in net} | {"opt." + k for k in opt}
+                              | {"train.order"})
+    for k, v in net.items():
+        np.testing.assert_array_equal(mf.arrays["net." + k], v)
+    for k, v in opt.items():
+        np.testing.assert_array_equal(mf.arrays["opt." + k], v)
+
+
+def test_nan_in_meta_is_written_as_null_and_read_back(tmp_path, tiny_splits):
+    """A diverged run's NaN figures: the meta is strict JSON (null), and resuming reads NaN."""
+    import json
+    from nnmnist.state import Position, capture, restore
+    t = Trainer(tiny_cfg(MaxEpoch=1), tiny_splits)
+    t.result.best_dev = t.result.test_at_best = float("nan")
+    meta, arrays = capture(t, Position(0, 1, (float("nan"), 0.0, 0.0)))
+    path = tmp_path / "nan.ckpt.npz"
+    checkpoint.save(path, "checkpoint", {**checkpoint.config_meta(t.cfg), **meta}, arrays)
+    raw = str(np.load(path, allow_pickle=False)["meta"])
+
+    def refuse(name):
+        raise AssertionError(f"non-standard JSON constant {name}")
+    stored = json.loads(raw, parse_constant=refuse)
+    assert stored["train"]["best_dev"] is None and stored["train"]["epoch_time"][0] is None
+    fresh = Trainer(tiny_cfg(MaxEpoch=1), tiny_splits)
+    pos = restore(fresh, checkpoint.read(path))
+    assert np.isnan(fresh.result.best_dev) and np.isnan(fresh.result.test_at_best)
+    assert np.isnan(pos.epoch_time[0]) and pos.epoch_time[1:] == [0.0, 0.0]
+
+
+def test_damaged_origin_is_one_line_error(tmp_path, tiny_splits):
+    cfg = tiny_cfg(NetType="mlpvar", OptType="adam", MaxEpoch=2)
+    full_run(cfg, tiny_splits, tmp_path)
+    mf = checkpoint.read(tmp_path / "full.ckpt.npz")
+    arrays = dict(mf.arrays)
+    (name,) = [k for k in arrays if k.endswith(".origin")][:1]
+    arrays[name] = arrays[name][::-1].copy()
+    bad = tmp_path / "origin.ckpt.npz"
+    checkpoint.save(bad, "checkpoint", {k: v for k, v in mf.meta.items()
+                                        if k not in ("format", "version", "kind")}, arrays)
+    from nnmnist.state import restore
+    with pytest.raises(UserError, match=r"origin\.ckpt\.npz: model state: \d\.origin is not an "
+                                        r"increasing list"):
+        restore(Trainer(mf.config(), tiny_splits), checkpoint.read(bad))
+
+
 # ---------------------------------------------------------------- bad files
 
 @pytest.fixture
@@ -194,7 +250,7 @@ def test_unknown_version_is_one_line_error(tmp_path):
     with zipfile.ZipFile(path) as z:
         assert z.namelist() == ["meta.npy"]
     raw = np.load(path)["meta"]
-    np.savez(path, meta=np.array(str(raw).replace('"version": 1', '"version": 99')))
+    np.savez(path, meta=np.array(str(raw).replace(f'"version": {checkpoint.VERSION}', '"version": 99')))
     with pytest.raises(UserError, match=r"future\.ckpt\.npz: field version = 99: unknown"):
         checkpoint.read(path)
 

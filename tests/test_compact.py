@@ -243,6 +243,57 @@ def test_fewer_active_neurons_than_k_chooses_them_all():
     assert model.masked_layers[0].W.value.shape == (5, 20)
 
 
+def op_by_op_dense(layer, flow, x):
+    """The dense path of a compacted layer as separate matmul, bias and ReLU ops, with the
+    hit counting and the correction recorded after them (so run before them)."""
+    from nnmnist import ops
+    y = ops.relu(flow, ops.add_bias(flow, ops.matmul(flow, x, layer.W, layer.compute), layer.b))
+    batch = x.shape[0]
+
+    def count():
+        layer.examples += batch
+        layer.hits += batch
+    flow.record(count)
+    flow.record(lambda: layer._correct_hits(y))
+    return y
+
+
+@pytest.mark.parametrize("compute", COMPUTES, ids=lambda c: c.name)
+def test_dense_path_is_the_op_by_op_form_exactly(compute):
+    """The one-op dense path gives bit for bit what matmul, bias and ReLU ops give: output
+    (signs of zeros included), W, b and x gradients, hits and examples."""
+    from nnmnist.tensor import Tensor
+    model, opt = build(compute, hidden=12, k=10)
+    switch_off(model, keep=0.5)
+    cm.compact(model, opt)
+    layer = model.layers[1]
+    assert layer.rule.k >= layer.n_out  # the dense path
+    rng = np.random.default_rng(3)
+    x_raw = rng.standard_normal((16, layer.W.shape[1])).astype(np.float32)
+    dy = rng.standard_normal((16, layer.n_out)).astype(np.float32)
+    dy[rng.random(dy.shape) < 0.5] = 0  # rows with fewer than k non-zeros: fills to take back
+    results = []
+    for form in (lambda f, x: layer.activate(f, x), lambda f, x: op_by_op_dense(layer, f, x)):
+        layer.W.grad[...] = 0
+        layer.b.grad[...] = 0
+        layer.hits[...] = 100
+        layer.examples = 0
+        flow = Flow()
+        x = Tensor(x_raw.copy(), requires_grad=True)
+        y = form(flow, x)
+        out = y.value.copy()
+        y.grad = dy.copy()
+        flow.backward()
+        results.append((out, layer.W.grad.copy(), layer.b.grad.copy(), x.grad.copy(),
+                        layer.hits.copy(), layer.examples))
+    (fused, ref) = results
+    for a, b in zip(fused[:5], ref[:5]):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(np.signbit(a), np.signbit(b))
+    assert fused[5] == ref[5] == 16
+    assert (fused[4] < 116).any()  # some fills were taken back
+
+
 def test_a_layer_with_no_active_neuron_stays_masked():
     compute = NumpyCompute()
     model, opt = build(compute, hidden=12, k=4)

@@ -232,6 +232,28 @@ def test_export_matches_the_masked_network(trained, tmp_path):
     assert r.returncode == 0 and r.stdout.count("\t tst: ") == 1, r.stderr
 
 
+def test_export_is_the_compacted_weights_state_dict_and_version_1_still_loads(trained, tmp_path):
+    _, log = trained
+    out = tmp_path / "model.npz"
+    assert cli(log.with_name(log.name[:-4] + ".ckpt.npz"), "-o", out,
+               module="nnmnist.export").returncode == 0
+    mf = checkpoint.read(out)
+    new = nnmnist.load_model(out)
+    assert mf.meta["version"] == checkpoint.VERSION
+    assert set(mf.arrays) == {"net." + k for k in new.state_dict()} == {
+        f"net.{i}.{p}" for i in range(len(new.widths)) for p in "Wb"}
+    # the same export in version 1's layout (layer.{i}.W) loads to the same model
+    old = tmp_path / "old.npz"
+    meta = {**mf.meta, "version": 1}
+    np.savez(old, meta=np.array(json.dumps(meta)),
+             **{"layer." + k[len("net."):]: a for k, a in mf.arrays.items()})
+    x = np.random.default_rng(0).random((20, 784), dtype=np.float32)
+    np.testing.assert_array_equal(nnmnist.load_model(old).logits(x), new.logits(x))
+    np.savez(old, meta=np.array(json.dumps({**meta, "version": 0})))
+    r = cli(old, "--data", tmp_path, module="nnmnist.evaluate")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "field version = 0" in r.stderr
+
+
 def test_export_refuses_an_export(trained, tmp_path):
     _, log = trained
     out = tmp_path / "model.npz"
