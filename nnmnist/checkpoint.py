@@ -135,6 +135,13 @@ def read(path, kinds=KINDS):
         raise UserError(f"{path}: model file not found")
     if path.is_dir():
         raise UserError(f"{path}: is a folder, not a model file")
+    try:  # anything but a zip archive (text, a pickle, a .npy) is refused before NumPy reads it
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({fsio.os_reason(exc)})") from None
+    if head not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise UserError(f"{path}: not an .npz file (a model file is a zip archive of arrays)")
     try:
         with np.load(path, allow_pickle=False) as z:
             if "meta" not in z.files:

@@ -1,4 +1,5 @@
 """Checkpoints: the file format and its checks, and exact resume after an interrupt."""
+import json
 import re
 import zipfile
 
@@ -291,3 +292,18 @@ def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
         checkpoint.save(path, "checkpoint", {"config": {}}, {"a": np.arange(4)})
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.ckpt.npz"]
+
+
+@pytest.mark.parametrize("content", [b"hello, not an archive\n", b"\x93NUMPY", b"\x80\x04K\x03."])
+def test_a_file_that_is_not_npz_is_our_own_one_line_error(tmp_path, content):
+    bad = tmp_path / "text.ckpt.npz"
+    if content == b"\x93NUMPY":
+        with open(bad, "wb") as f:
+            np.save(f, np.zeros(3))  # a .npy under an .npz name
+    else:
+        bad.write_bytes(content)
+    with pytest.raises(UserError) as err:
+        checkpoint.read(bad)
+    msg = str(err.value)
+    assert msg.startswith(f"{bad}: not an .npz file") and "\n" not in msg
+    assert "pickle" not in msg and "unsafe" not in msg

@@ -41,10 +41,10 @@ def synthetic_mnist(folder, n_train=5600, n_test=300, seed=3):
     return folder
 
 
-def cli(*args, module=None, timeout=600):
+def cli(*args, module=None, timeout=600, cwd=REPO):
     cmd = [sys.executable] + (["-m", module] if module else [str(REPO / "run.py")])
     env = {**os.environ, "PYTHONPATH": str(REPO), "NNMNIST_OFFLINE": "1"}
-    return subprocess.run(cmd + [str(a) for a in args], cwd=REPO, capture_output=True,
+    return subprocess.run(cmd + [str(a) for a in args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=env)
 
 
@@ -328,3 +328,13 @@ def test_sigterm_saves_a_checkpoint_that_resumes_exactly(trained, tmp_path):
     r = cli("--quiet", "--offline", "--resume", ckpt)
     assert r.returncode == 0, r.stderr
     assert part_lines(log.read_text()) == part_lines(full.read_text())
+
+
+def test_export_of_a_compacted_checkpoint_names_the_widths_as_built(trained, tmp_path):
+    _, log = trained
+    ckpt = log.with_name(log.name[:-4] + ".ckpt.npz")
+    r = cli(ckpt, "-o", tmp_path / "model.npz", module="nnmnist.export")
+    assert r.returncode == 0, r.stderr
+    widths = checkpoint.read(tmp_path / "model.npz").meta["network"]["widths"]
+    assert widths[0] < 24  # the checkpoint was compacted already
+    assert r.stdout.strip().endswith(f"layer widths {widths} (built as [24, 24, 10])")
