@@ -36,9 +36,15 @@ NET, OPT, TRAIN = "net.", "opt.", "train."  # the prefixes of the flattened stat
 KINDS = ("checkpoint", "best", "export")
 
 # Fields that fix the shapes of the stored arrays (or their meaning): a resumed run may not
-# change them. Everything else (MaxEpoch, Backend, Kernels, Threads, ...) may be overridden.
+# change them.
 SHAPE_FIELDS = ("NetType", "OptType", "Layers", "HiddenSize", "LabelCount", "IterPerEpoch",
                 "Compact", "TrainFile", "TrainLabelFile")
+# The fields a resumed run may change: how long it trains, where and with how many threads it
+# computes, where it finds its data, and whether it stops on divergence. Any other field (the
+# seed, the learning rate, k, ...) would make the continuation a different run than the one
+# the log and the checkpoint describe, so changing it is refused too.
+RESUME_FIELDS = ("MaxEpoch", "Backend", "Kernels", "Threads", "DataDir", "LogDir",
+                 "AllowDivergence")
 
 
 def _sibling(log_file, suffix):
@@ -196,6 +202,11 @@ def resume_config(model_file, overrides):
             raise UserError(f"{model_file.path}: --set {name}={json.dumps(value)} would change the "
                             f"network or its data (the checkpoint has {name} = {json.dumps(old)}); "
                             f"start a new run instead")
+        if name not in RESUME_FIELDS and new != old:
+            raise UserError(f"{model_file.path}: --set {name}={json.dumps(value)} cannot be used with "
+                            f"--resume: the checkpoint's run has {name} = {json.dumps(old)} and the "
+                            f"continuation would not be the same run (--resume may change "
+                            f"{', '.join(RESUME_FIELDS)}); start a new run instead")
         raw[name] = value
     return config_mod.from_dict(raw, source=f"{model_file.path}: config")
 

@@ -294,6 +294,24 @@ def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.ckpt.npz"]
 
 
+@pytest.mark.parametrize("field, value", [("RandomSeed", 5), ("randomseed", 5),
+                                          ("LearningRate", 0.5), ("TrainTop", 3)])
+def test_override_that_makes_another_run_is_refused(good_ckpt, field, value):
+    mf = checkpoint.read(good_ckpt)
+    name = {"randomseed": "RandomSeed"}.get(field, field)
+    with pytest.raises(UserError, match=rf"full\.ckpt\.npz: --set {name}={value} cannot be used "
+                                        rf"with --resume: the checkpoint's run has {name} = "):
+        checkpoint.resume_config(mf, {field: value})
+
+
+def test_overrides_a_resume_may_make(good_ckpt):
+    mf = checkpoint.read(good_ckpt)
+    cfg = checkpoint.resume_config(mf, {"MaxEpoch": 5, "Threads": 2, "Kernels": "numpy",
+                                        "AllowDivergence": True, "DataDir": "/elsewhere",
+                                        "RandomSeed": 11})  # the same seed is no change
+    assert (cfg.MaxEpoch, cfg.Threads, cfg.Kernels, cfg.DataDir) == (5, 2, "numpy", "/elsewhere")
+
+
 @pytest.mark.parametrize("content", [b"hello, not an archive\n", b"\x93NUMPY", b"\x80\x04K\x03."])
 def test_a_file_that_is_not_npz_is_our_own_one_line_error(tmp_path, content):
     bad = tmp_path / "text.ckpt.npz"

@@ -338,3 +338,11 @@ def test_export_of_a_compacted_checkpoint_names_the_widths_as_built(trained, tmp
     widths = checkpoint.read(tmp_path / "model.npz").meta["network"]["widths"]
     assert widths[0] < 24  # the checkpoint was compacted already
     assert r.stdout.strip().endswith(f"layer widths {widths} (built as [24, 24, 10])")
+
+
+def test_resume_refuses_a_new_seed_in_one_line(trained):
+    _, log = trained
+    ckpt = log.with_name(log.name[:-4] + ".ckpt.npz")
+    r = cli("--quiet", "--offline", "--resume", ckpt, "--set", "RandomSeed=6", "--set", "MaxEpoch=3")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "--set RandomSeed=6 cannot be used with --resume" in r.stderr
