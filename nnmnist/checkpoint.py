@@ -17,6 +17,7 @@ under `net.` (`net.0.W`, `net.0.active`, `net.rng`, ...), the optimizer's under 
 only the weights of the compacted network, under the same names (`net.0.W`, `net.0.b`, ...).
 Version 1 files differ only in an export's prefix (`layer.`); they are still read.
 """
+import dataclasses
 import json
 import math
 import zipfile
@@ -45,6 +46,7 @@ SHAPE_FIELDS = ("NetType", "OptType", "Layers", "HiddenSize", "LabelCount", "Ite
 # the log and the checkpoint describe, so changing it is refused too.
 RESUME_FIELDS = ("MaxEpoch", "Backend", "Kernels", "Threads", "DataDir", "LogDir",
                  "AllowDivergence")
+DATA_FILES = ("TrainFile", "TrainLabelFile", "TestFile", "TestLabelFile")
 
 
 def _sibling(log_file, suffix):
@@ -209,6 +211,31 @@ def resume_config(model_file, overrides):
                             f"{', '.join(RESUME_FIELDS)}); start a new run instead")
         raw[name] = value
     return config_mod.from_dict(raw, source=f"{model_file.path}: config")
+
+
+def data_config(model_file, cfg, given=()):
+    """`cfg` with the run's data paths as the run resolved them, so that a resume or an
+    evaluation from another folder reads the same files (and would fetch into the same folder):
+    DataDir becomes the absolute folder the run used, and a data file name with a relative
+    folder in it is taken from the folder the run started in, where a file of that name is.
+    Fields in `given` (set on this command line) are left as they are; files written before
+    these were recorded keep the old lookup (relative to the current folder)."""
+    from .data import candidate_paths
+    train = model_file.meta.get("train")
+    train = train if isinstance(train, dict) else {}
+    work, data_dir = train.get("work_dir"), train.get("data_dir")
+    changes = {}
+    if "DataDir" not in given and isinstance(data_dir, str) and data_dir:
+        changes["DataDir"] = data_dir
+    if isinstance(work, str) and work:
+        for name in DATA_FILES:
+            value = Path(str(getattr(cfg, name))).expanduser()
+            if name in given or value.is_absolute() or len(value.parts) < 2:
+                continue
+            there = Path(work) / value
+            if any(p.is_file() for p in candidate_paths(str(there), work)):
+                changes[name] = str(there)
+    return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 def config_meta(cfg):

@@ -113,6 +113,8 @@ def run(args, log_dir_default):
     from .checkpoint import best_path, checkpoint_path
     trainer.checkpoint_file, trainer.best_file = checkpoint_path(log.path), best_path(log.path)
     trainer.config_dir = str(Path(args.config).resolve().parent)
+    from .data import data_dir_of
+    trainer.work_dir, trainer.data_dir = os.getcwd(), os.path.abspath(data_dir_of(cfg))
     import numpy as np
     # A diverging run is stopped with its own message (train.Trainer.check_divergence), so
     # NumPy's overflow warnings on the way there would only bury it.

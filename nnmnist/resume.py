@@ -1,8 +1,10 @@
 """`python run.py --resume RUN.ckpt.npz`: continue a run where its checkpoint left it.
 
 The run continues to MaxEpoch with the checkpoint's config (plus any `--set` that keeps the
-network's shape), appending to the log and `.jsonl` beside the checkpoint.
+run the same), appending to the log and `.jsonl` beside the checkpoint. The data is found
+where the run found it, whatever the current folder.
 """
+import os
 import sys
 from pathlib import Path
 
@@ -44,13 +46,19 @@ def resume_run(args, overrides):
         set_num_threads(cfg.Threads)
     console = not args.quiet
     config_dir = train.get("config_dir")
-    splits = load_mnist(cfg, config_dir=config_dir, allow_fetch=False if args.offline else None,
+    from . import config as config_mod
+    given = {config_mod.canonical_field(k, "--set") for k in overrides or {}}
+    data_cfg = checkpoint.data_config(mf, cfg, given)  # the run's files, from any folder
+    splits = load_mnist(data_cfg, config_dir=config_dir, allow_fetch=False if args.offline else None,
                         log=print if console else (lambda *a, **k: None))
     trainer = Trainer(cfg, splits)
     if len(trainer.order) != len(mf.array("train.order")):
         raise UserError(f"{mf.path}: field train.order has {len(mf.array('train.order'))} "
                         f"examples but {cfg.TrainFile} gives {len(trainer.order)}")
     trainer.config_dir = config_dir
+    from .data import data_dir_of
+    trainer.work_dir = train.get("work_dir") or os.getcwd()
+    trainer.data_dir = os.path.abspath(data_dir_of(data_cfg))
     log_file = log_file_of(mf.path)
     trainer.checkpoint_file = mf.path
     trainer.best_file = checkpoint.best_path(log_file)

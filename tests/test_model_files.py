@@ -340,6 +340,33 @@ def test_export_of_a_compacted_checkpoint_names_the_widths_as_built(trained, tmp
     assert r.stdout.strip().endswith(f"layer widths {widths} (built as [24, 24, 10])")
 
 
+def test_resume_and_evaluate_find_a_relative_data_dir_from_another_folder(trained, tmp_path):
+    """DataDir and a data file name given relative to the folder the run started in: resume
+    and evaluate, started elsewhere, read the same files (here, offline: else a fetch)."""
+    import shutil
+    data, full_log = trained
+    work = tmp_path / "work"
+    shutil.copytree(data, work / "mnist")
+    (work / "runs").mkdir()
+    args = ["--quiet", "--log-dir", "runs", "--offline"]
+    for f in ["MaxEpoch=1", "IterPerEpoch=2", "HiddenSize=24", "NetType=mlpvar", "TrainTop=8",
+              "TrainCycle=1", "Prune=0.3", "RandomSeed=5", "Kernels=numpy", "DataDir=mnist",
+              "TestFile=mnist/t10k-images-idx3-ubyte.gz"]:
+        args += ["--set", f]
+    r = cli(*args, cwd=work)
+    assert r.returncode == 0, r.stderr
+    (log,) = (work / "runs").glob("*.txt")
+    ckpt = log.with_name(log.name[:-4] + ".ckpt.npz")
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "mnist").mkdir(parents=True)  # an empty folder of the same name is not used
+    r = cli("--quiet", "--offline", "--resume", ckpt, "--set", "MaxEpoch=2", cwd=elsewhere)
+    assert r.returncode == 0, r.stderr
+    assert part_lines(log.read_text()) == part_lines(full_log.read_text())
+    r = cli(log.with_name(log.name[:-4] + ".best.npz"), module="nnmnist.evaluate", cwd=elsewhere)
+    assert r.returncode == 0 and r.stdout.count("\t tst: ") == 1, r.stderr
+    assert checkpoint.read(ckpt).meta["train"]["data_dir"] == str(work / "mnist")
+
+
 def test_resume_refuses_a_new_seed_in_one_line(trained):
     _, log = trained
     ckpt = log.with_name(log.name[:-4] + ".ckpt.npz")
