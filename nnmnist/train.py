@@ -167,7 +167,9 @@ class Trainer:
         if self.checkpoint_file is None:
             return
         t = lambda x: [x.fp, x.bp, x.update]  # noqa: E731
-        self._snapshot = capture(self, Position(epoch, part, t(timer), t(total)))
+        meta, arrays = capture(self, Position(epoch, part, t(timer), t(total)))
+        meta["log"] = self.log.mark()  # where the log and .jsonl stand: a resume cuts back to it
+        self._snapshot = meta, arrays
 
     def keep_best(self):
         if self.best_file is not None:

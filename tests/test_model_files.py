@@ -367,6 +367,27 @@ def test_resume_and_evaluate_find_a_relative_data_dir_from_another_folder(traine
     assert checkpoint.read(ckpt).meta["train"]["data_dir"] == str(work / "mnist")
 
 
+def test_resume_after_kill_9_keeps_each_part_once(trained, tmp_path):
+    """The files a run killed outright leaves: its checkpoint at an epoch's end, its log and
+    .jsonl further on. Made here exactly: a run to epoch 1, a copy of its checkpoint, the run
+    continued to the end, then the copy put back. Resuming cuts both files back first."""
+    import shutil
+    data, full_log = trained
+    log = train_cli(tmp_path, data, "MaxEpoch=1")
+    ckpt = log.with_name(log.name[:-4] + ".ckpt.npz")
+    shutil.copy(ckpt, tmp_path / "kept.npz")
+    assert cli("--quiet", "--offline", "--resume", ckpt, "--set", "MaxEpoch=2").returncode == 0
+    shutil.copy(tmp_path / "kept.npz", ckpt)  # the run is "killed" with epoch 1 logged
+    r = cli("--quiet", "--offline", "--resume", ckpt, "--set", "MaxEpoch=2")
+    assert r.returncode == 0, r.stderr
+    assert part_lines(log.read_text()) == part_lines(full_log.read_text())
+    records = [json.loads(x) for x in log.with_suffix(".jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["part"]) for r in records if r["type"] == "part"] == \
+        [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert [r["type"] for r in records].count("summary") == 1
+    assert [r["type"] for r in records].count("resume") == 1
+
+
 def test_resume_refuses_a_new_seed_in_one_line(trained):
     _, log = trained
     ckpt = log.with_name(log.name[:-4] + ".ckpt.npz")
