@@ -7,7 +7,8 @@ of file and the run's config. Three kinds share the format:
 - `checkpoint` (`.ckpt.npz`): everything a run needs to continue exactly: weights, optimizer
   moments and step counter, meSimp's active sets and hit counts, both random generators, the
   shuffled example order, the position (epoch and next part), the best dev accuracy with the
-  test accuracy at it, and the summed times.
+  test accuracy at it, and the summed times; in meta also where the run found its data and
+  how long its log and `.jsonl` were at that point (a resume cuts them back to it).
 - `best` (`.best.npz`): the network at the best dev accuracy, weights and masks only.
 - `export`: an inference-only network with pruned neurons removed (`nnmnist.export`).
 

@@ -42,7 +42,8 @@ def build_parser():
     p.add_argument("--quiet", action="store_true", help="no console output (the log file is still written)")
     p.add_argument("--resume", metavar="CKPT",
                    help="continue the run of a .ckpt.npz checkpoint to MaxEpoch, appending to its "
-                        "log (--set may change fields that keep the network's shape, e.g. MaxEpoch)")
+                        "log (--set may change only MaxEpoch, Threads, Backend, Kernels, DataDir, LogDir "
+                        "and AllowDivergence)")
     return p
 
 
