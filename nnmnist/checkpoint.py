@@ -7,7 +7,8 @@ of file and the run's config. Three kinds share the format:
 - `checkpoint` (`.ckpt.npz`): everything a run needs to continue exactly: weights, optimizer
   moments and step counter, meSimp's active sets and hit counts, both random generators, the
   shuffled example order, the position (epoch and next part), the best dev accuracy with the
-  test accuracy at it, and the summed times.
+  test accuracy at it, and the summed times; in meta also where the run found its data and
+  how long its log and `.jsonl` were at that point (a resume cuts them back to it).
 - `best` (`.best.npz`): the network at the best dev accuracy, weights and masks only.
 - `export`: an inference-only network with pruned neurons removed (`nnmnist.export`).
 
@@ -17,6 +18,7 @@ under `net.` (`net.0.W`, `net.0.active`, `net.rng`, ...), the optimizer's under 
 only the weights of the compacted network, under the same names (`net.0.W`, `net.0.b`, ...).
 Version 1 files differ only in an export's prefix (`layer.`); they are still read.
 """
+import dataclasses
 import json
 import math
 import zipfile
@@ -36,9 +38,16 @@ NET, OPT, TRAIN = "net.", "opt.", "train."  # the prefixes of the flattened stat
 KINDS = ("checkpoint", "best", "export")
 
 # Fields that fix the shapes of the stored arrays (or their meaning): a resumed run may not
-# change them. Everything else (MaxEpoch, Backend, Kernels, Threads, ...) may be overridden.
+# change them.
 SHAPE_FIELDS = ("NetType", "OptType", "Layers", "HiddenSize", "LabelCount", "IterPerEpoch",
                 "Compact", "TrainFile", "TrainLabelFile")
+# The fields a resumed run may change: how long it trains, where and with how many threads it
+# computes, where it finds its data, and whether it stops on divergence. Any other field (the
+# seed, the learning rate, k, ...) would make the continuation a different run than the one
+# the log and the checkpoint describe, so changing it is refused too.
+RESUME_FIELDS = ("MaxEpoch", "Backend", "Kernels", "Threads", "DataDir", "LogDir",
+                 "AllowDivergence")
+DATA_FILES = ("TrainFile", "TrainLabelFile", "TestFile", "TestLabelFile")
 
 
 def _sibling(log_file, suffix):
@@ -135,6 +144,13 @@ def read(path, kinds=KINDS):
         raise UserError(f"{path}: model file not found")
     if path.is_dir():
         raise UserError(f"{path}: is a folder, not a model file")
+    try:  # anything but a zip archive (text, a pickle, a .npy) is refused before NumPy reads it
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({fsio.os_reason(exc)})") from None
+    if head not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise UserError(f"{path}: not an .npz file (a model file is a zip archive of arrays)")
     try:
         with np.load(path, allow_pickle=False) as z:
             if "meta" not in z.files:
@@ -189,8 +205,38 @@ def resume_config(model_file, overrides):
             raise UserError(f"{model_file.path}: --set {name}={json.dumps(value)} would change the "
                             f"network or its data (the checkpoint has {name} = {json.dumps(old)}); "
                             f"start a new run instead")
+        if name not in RESUME_FIELDS and new != old:
+            raise UserError(f"{model_file.path}: --set {name}={json.dumps(value)} cannot be used with "
+                            f"--resume: the checkpoint's run has {name} = {json.dumps(old)} and the "
+                            f"continuation would not be the same run (--resume may change "
+                            f"{', '.join(RESUME_FIELDS)}); start a new run instead")
         raw[name] = value
     return config_mod.from_dict(raw, source=f"{model_file.path}: config")
+
+
+def data_config(model_file, cfg, given=()):
+    """`cfg` with the run's data paths as the run resolved them, so that a resume or an
+    evaluation from another folder reads the same files (and would fetch into the same folder):
+    DataDir becomes the absolute folder the run used, and a data file name with a relative
+    folder in it is taken from the folder the run started in, where a file of that name is.
+    Fields in `given` (set on this command line) are left as they are; files written before
+    these were recorded keep the old lookup (relative to the current folder)."""
+    from .data import candidate_paths
+    train = model_file.meta.get("train")
+    train = train if isinstance(train, dict) else {}
+    work, data_dir = train.get("work_dir"), train.get("data_dir")
+    changes = {}
+    if "DataDir" not in given and isinstance(data_dir, str) and data_dir:
+        changes["DataDir"] = data_dir
+    if isinstance(work, str) and work:
+        for name in DATA_FILES:
+            value = Path(str(getattr(cfg, name))).expanduser()
+            if name in given or value.is_absolute() or len(value.parts) < 2:
+                continue
+            there = Path(work) / value
+            if any(p.is_file() for p in candidate_paths(str(there), work)):
+                changes[name] = str(there)
+    return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 def config_meta(cfg):

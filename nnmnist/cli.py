@@ -42,7 +42,8 @@ def build_parser():
     p.add_argument("--quiet", action="store_true", help="no console output (the log file is still written)")
     p.add_argument("--resume", metavar="CKPT",
                    help="continue the run of a .ckpt.npz checkpoint to MaxEpoch, appending to its "
-                        "log (--set may change fields that keep the network's shape, e.g. MaxEpoch)")
+                        "log (--set may change only MaxEpoch, Threads, Backend, Kernels, DataDir, LogDir "
+                        "and AllowDivergence)")
     return p
 
 
@@ -113,6 +114,8 @@ def run(args, log_dir_default):
     from .checkpoint import best_path, checkpoint_path
     trainer.checkpoint_file, trainer.best_file = checkpoint_path(log.path), best_path(log.path)
     trainer.config_dir = str(Path(args.config).resolve().parent)
+    from .data import data_dir_of
+    trainer.work_dir, trainer.data_dir = os.getcwd(), os.path.abspath(data_dir_of(cfg))
     import numpy as np
     # A diverging run is stopped with its own message (train.Trainer.check_divergence), so
     # NumPy's overflow warnings on the way there would only bury it.

@@ -23,6 +23,8 @@ ReLU or a near-tie in top-k one way or the other.
 With Dropout (an extension), the compacted network draws masks for its remaining neurons
 only, so its random stream differs from the masked network's after the first compaction.
 """
+import copy
+
 import numpy as np
 
 from . import ops
@@ -175,7 +177,8 @@ def set_width(layer, n, k, unified):
     xp = layer.compute.xp
     layer.active = xp.ones(n, dtype=bool)
     layer.mask = xp.ones(n, dtype=np.float32)
-    layer.rule.k = min(k, n)  # each layer has its own rule object
+    layer.rule = copy.copy(layer.rule)  # its own: a rule shared with another layer keeps its k
+    layer.rule.k = min(k, n)
     layer.k_full, layer.unified_full = k, unified  # what the full-width layer would select
 
 

@@ -41,7 +41,8 @@ def evaluate_file(path, data_dir=None, log=print, backend=None):
         from .kernels import set_num_threads
         set_num_threads(cfg.Threads)  # the run's threads: BLAS then sums in the run's order
     config_dir = mf.meta.get("train", {}).get("config_dir")
-    splits = load_mnist(cfg, config_dir=config_dir, log=log)
+    data_cfg = checkpoint.data_config(mf, cfg, given=("DataDir",) if data_dir is not None else ())
+    splits = load_mnist(data_cfg, config_dir=config_dir, log=log)
     model, compute = build_network(mf, cfg)
     xp = compute.xp
     scores = []

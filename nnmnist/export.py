@@ -15,7 +15,8 @@ from .model import InferenceModel, compacted_layers
 
 
 def export(src, dest):
-    """Write the compacted model of `src` to `dest`; return (source widths, exported widths)."""
+    """Write the compacted model of `src` to `dest`; return (the widths the network was built
+    with, the exported widths)."""
     mf = checkpoint.read(src, kinds=("checkpoint", "best"))
     model = InferenceModel(compacted_layers(mf))
     net = mf.field("network")
@@ -32,7 +33,7 @@ def export(src, dest):
         checkpoint.save(dest, "export", meta, arrays)
     except OSError as exc:
         raise UserError(f"{dest}: cannot write ({exc.strerror})") from None
-    return net["widths"], widths
+    return net.get("totals", net["widths"]), widths
 
 
 def main(argv=None):
@@ -43,7 +44,7 @@ def main(argv=None):
 
     def run():
         before, after = export(args.model, args.output)
-        print(f"exported {args.model} -> {args.output}: layer widths {after} (were {before})")
+        print(f"exported {args.model} -> {args.output}: layer widths {after} (built as {before})")
         return 0
     return report_errors(run)
 

@@ -77,8 +77,9 @@ def read_metrics(path):
         if rec.get("type") == "part":
             parts.append(rec)
         elif rec.get("type") == "resume" and "epoch" in rec and "part" in rec:
-            # A resumed run replays from the checkpoint's position; after a hard kill the
-            # file already holds records from there on, which the replay replaces.
+            # A resumed run replays from the checkpoint's position. Resuming cuts the file
+            # back to that point first, but a file it could not cut (changed since, or from
+            # an older checkpoint) still holds records from there on: the replay replaces them.
             at = (rec["epoch"], rec["part"])
             parts = [r for r in parts if (r.get("epoch", -1), r.get("part", -1)) < at]
         elif rec.get("type") == "summary":

@@ -1,4 +1,5 @@
 """The run's log: every line to the console and to `{run name}-log-{timestamp}.txt`."""
+import hashlib
 import itertools
 import os
 import sys
@@ -55,6 +56,7 @@ class RunLog:
         self.path = Path(path) if path else None
         self.console = console
         self._file = self._metrics = None  # file descriptors, opened for appending
+        self._held = {}  # fd -> [bytes, sha256] of what that file holds (see `mark`)
         self.failed = None  # the WriteError that stopped the file output, if any
         self.metrics_path = metrics_path(self.path) if self.path else None
         if self.path:
@@ -70,17 +72,36 @@ class RunLog:
                 if not append:
                     self.path.unlink()
                 raise
+            for fd, p in ((self._file, self.path), (self._metrics, self.metrics_path)):
+                self._held[fd] = [0, hashlib.sha256()]
+                if append:  # what the file already holds
+                    with open(p, "rb") as f:
+                        for block in iter(lambda: f.read(1 << 20), b""):
+                            self._held[fd][0] += len(block)
+                            self._held[fd][1].update(block)
         self.lines = []
         self.records = []
 
     def _append(self, fd, path, text):
         if fd is None or self.failed is not None:
             return
+        data = text.encode("utf-8")
         try:
-            fsio.append_whole(fd, text.encode("utf-8"), path)
+            fsio.append_whole(fd, data, path)
         except fsio.WriteError as exc:
             self.failed = exc
             raise
+        self._held[fd][0] += len(data)
+        self._held[fd][1].update(data)
+
+    def mark(self):
+        """The length and SHA-256 of what the log and the metrics file hold now, as
+        {"log": [bytes, hex], "jsonl": [bytes, hex]} (None without files): a checkpoint keeps
+        it, so a resumed run can cut both back to this point (`cut_back`)."""
+        if self._file is None:
+            return None
+        return {name: [self._held[fd][0], self._held[fd][1].hexdigest()]
+                for name, fd in (("log", self._file), ("jsonl", self._metrics))}
 
     def record(self, rec):
         """Append one metrics record (a dict of JSON-able values; NaN and inf become null)."""
@@ -109,3 +130,27 @@ class RunLog:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def prefix_problem(path, size, digest):
+    """None if `path` begins with `size` bytes whose SHA-256 is `digest` (what `RunLog.mark`
+    recorded), else why not, in a few words."""
+    try:
+        with open(path, "rb") as f:
+            have = os.fstat(f.fileno()).st_size
+            if have < size:
+                return f"it is shorter ({have} bytes) than when the checkpoint was written ({size})"
+            h, left = hashlib.sha256(), size
+            while left:
+                block = f.read(min(left, 1 << 20))
+                if not block:
+                    return "it could not be read to the end"
+                h.update(block)
+                left -= len(block)
+    except FileNotFoundError:
+        return "it does not exist"
+    except OSError as exc:
+        return fsio.os_reason(exc)
+    if h.hexdigest() != digest:
+        return "its first part differs from what the checkpoint recorded (edited or replaced?)"
+    return None

@@ -94,6 +94,12 @@ class Position:
         self.epoch_time, self.total_time = list(epoch_time), list(total_time)
 
 
+def data_places(trainer):
+    """Where the run found its data: the config's folder, the folder the run started in and
+    DataDir as an absolute folder (`checkpoint.data_config` reads them back)."""
+    return {name: getattr(trainer, name, None) for name in ("config_dir", "work_dir", "data_dir")}
+
+
 def capture(trainer, position):
     """(meta, arrays) of everything a run needs to continue exactly from `position`."""
     res = trainer.result
@@ -104,7 +110,7 @@ def capture(trainer, position):
             "best_dev": res.best_dev, "test_at_best": res.test_at_best,
             "epoch_time": position.epoch_time, "total_time": position.total_time,
             "data_rng": trainer.data_rng.bit_generator.state,
-            "config_dir": getattr(trainer, "config_dir", None),
+            **data_places(trainer),
         },
     }
     arrays = {**network_arrays(trainer.model), **optimizer_arrays(trainer.opt),

@@ -11,7 +11,7 @@ from .errors import RunError, UserError, interrupt_name
 from .networks import MLP
 from .optim import make_optimizer
 from .runlog import RunLog
-from .state import Position, capture, network_arrays, network_meta, restore
+from .state import Position, capture, data_places, network_arrays, network_meta, restore
 from .tensor import Flow
 
 RULE = "#" * 20
@@ -123,6 +123,8 @@ class Trainer:
         self.checkpoint_file = None   # where to keep the checkpoint (None: keep none)
         self.best_file = None         # where to keep the best-dev model (None: keep none)
         self.config_dir = None        # the config's folder, stored so a resume finds the data
+        self.work_dir = None          # the folder the run started in (relative data paths)
+        self.data_dir = None          # DataDir as an absolute folder
         self._snapshot = self._best = None
         self.at = None  # "epoch E part P" while training
 
@@ -165,11 +167,14 @@ class Trainer:
         if self.checkpoint_file is None:
             return
         t = lambda x: [x.fp, x.bp, x.update]  # noqa: E731
-        self._snapshot = capture(self, Position(epoch, part, t(timer), t(total)))
+        meta, arrays = capture(self, Position(epoch, part, t(timer), t(total)))
+        meta["log"] = self.log.mark()  # where the log and .jsonl stand: a resume cuts back to it
+        self._snapshot = meta, arrays
 
     def keep_best(self):
         if self.best_file is not None:
-            self._best = ({"network": network_meta(self.model)}, network_arrays(self.model))
+            self._best = ({"network": network_meta(self.model), "train": data_places(self)},
+                          network_arrays(self.model))
 
     def write_files(self):
         """Write the remembered checkpoint and, if it changed, the best-dev model."""

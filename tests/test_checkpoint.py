@@ -1,4 +1,5 @@
 """Checkpoints: the file format and its checks, and exact resume after an interrupt."""
+import json
 import re
 import zipfile
 
@@ -291,3 +292,97 @@ def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
         checkpoint.save(path, "checkpoint", {"config": {}}, {"a": np.arange(4)})
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.ckpt.npz"]
+
+
+class Killed(BaseException):
+    """Stands for `kill -9`: nothing of the run's own handling runs (no checkpoint written,
+    no `Run stopped` line), and the files stay as the last write left them."""
+
+
+def test_resume_after_a_hard_kill_writes_each_part_once(tmp_path, tiny_splits):
+    from nnmnist.resume import cut_back
+    from nnmnist.runlog import metrics_path
+    cfg = tiny_cfg(NetType="mlpvar", OptType="adam")
+    with RunLog(tmp_path / "full.txt", console=False) as full:
+        t = Trainer(cfg, tiny_splits)
+        t.train(full)
+    t = Trainer(cfg, tiny_splits)
+    ckpt, log_file = tmp_path / "cut.ckpt.npz", tmp_path / "cut.txt"
+    t.checkpoint_file, t.best_file = ckpt, tmp_path / "cut.best.npz"
+    real, calls = t.train_part, []
+
+    def train_part(*args, **kwargs):  # killed while training epoch 1 part 1
+        if len(calls) == 3:
+            raise Killed
+        calls.append(1)
+        return real(*args, **kwargs)
+    t.train_part = train_part
+    with pytest.raises(Killed), RunLog(log_file, console=False) as first:
+        t.train(first)
+    assert any(line.startswith("01:00: ") for line in log_file.read_text().splitlines())
+    mf = checkpoint.read(ckpt, kinds=("checkpoint",))
+    assert (mf.meta["train"]["epoch"], mf.meta["train"]["part"]) == (1, 0)
+    cut_back(mf, log_file)
+    t2 = Trainer(cfg, tiny_splits)
+    t2.checkpoint_file, t2.best_file = ckpt, tmp_path / "cut.best.npz"
+    with RunLog(log_file, console=False, append=True) as second:
+        t2.resume(second, mf)
+    assert without_times(log_file.read_text().splitlines()) == \
+        without_times((tmp_path / "full.txt").read_text().splitlines())
+    records = [json.loads(x) for x in metrics_path(log_file).read_text().splitlines()]
+    full_records = [json.loads(x) for x in metrics_path(tmp_path / "full.txt").read_text().splitlines()]
+    drop = ("fp", "bp", "update", "train_seconds", "config")
+    strip = lambda recs: [{k: v for k, v in r.items() if k not in drop}  # noqa: E731
+                          for r in recs if r["type"] in ("part", "summary")]
+    assert strip(records) == strip(full_records)
+    assert [r["type"] for r in records].count("resume") == 1
+
+
+def test_a_log_that_changed_since_the_checkpoint_is_not_cut(tmp_path, tiny_splits, capsys):
+    from nnmnist.resume import cut_back
+    cfg = tiny_cfg(NetType="mlp", MaxEpoch=1)
+    t = Trainer(cfg, tiny_splits)
+    ckpt, log_file = tmp_path / "r.ckpt.npz", tmp_path / "r.txt"
+    t.checkpoint_file = ckpt
+    with RunLog(log_file, console=False) as log:
+        t.train(log)
+    mf = checkpoint.read(ckpt)
+    text = log_file.read_text()
+    log_file.write_text("edited\n" + text[7:])  # same length, another first line
+    cut_back(mf, log_file)
+    assert log_file.read_text() == "edited\n" + text[7:]  # left whole
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "r.txt: not cut back to the checkpoint" in err[0]
+
+
+@pytest.mark.parametrize("field, value", [("RandomSeed", 5), ("randomseed", 5),
+                                          ("LearningRate", 0.5), ("TrainTop", 3)])
+def test_override_that_makes_another_run_is_refused(good_ckpt, field, value):
+    mf = checkpoint.read(good_ckpt)
+    name = {"randomseed": "RandomSeed"}.get(field, field)
+    with pytest.raises(UserError, match=rf"full\.ckpt\.npz: --set {name}={value} cannot be used "
+                                        rf"with --resume: the checkpoint's run has {name} = "):
+        checkpoint.resume_config(mf, {field: value})
+
+
+def test_overrides_a_resume_may_make(good_ckpt):
+    mf = checkpoint.read(good_ckpt)
+    cfg = checkpoint.resume_config(mf, {"MaxEpoch": 5, "Threads": 2, "Kernels": "numpy",
+                                        "AllowDivergence": True, "DataDir": "/elsewhere",
+                                        "RandomSeed": 11})  # the same seed is no change
+    assert (cfg.MaxEpoch, cfg.Threads, cfg.Kernels, cfg.DataDir) == (5, 2, "numpy", "/elsewhere")
+
+
+@pytest.mark.parametrize("content", [b"hello, not an archive\n", b"\x93NUMPY", b"\x80\x04K\x03."])
+def test_a_file_that_is_not_npz_is_our_own_one_line_error(tmp_path, content):
+    bad = tmp_path / "text.ckpt.npz"
+    if content == b"\x93NUMPY":
+        with open(bad, "wb") as f:
+            np.save(f, np.zeros(3))  # a .npy under an .npz name
+    else:
+        bad.write_bytes(content)
+    with pytest.raises(UserError) as err:
+        checkpoint.read(bad)
+    msg = str(err.value)
+    assert msg.startswith(f"{bad}: not an .npz file") and "\n" not in msg
+    assert "pickle" not in msg and "unsafe" not in msg

@@ -360,3 +360,18 @@ def test_numba_take_back_matches_the_numpy_reference(unified):
         got = np.full(n, 100, np.int64)
         cm.take_back_fills_numba(value, grad, origin, k, min(k, n), unified, got)
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_rule_shared_by_two_layers_gets_each_layer_its_own_k():
+    """A network built through the API may hand one rule object to several masked layers;
+    compaction sets each layer's k from its own width, never another layer's."""
+    compute = NumpyCompute()
+    model, opt = build(compute, hidden=12, k=10)
+    first, second = model.masked_layers
+    second.rule = first.rule  # one TopK(10) for both
+    first.active[5:] = False  # 5 left: k becomes 5
+    second.active[9:] = False  # 9 left: k becomes 9
+    for layer in (first, second):
+        layer.mask[...] = layer.active
+    cm.compact(model, opt)
+    assert [layer.rule.k for layer in model.masked_layers] == [5, 9]

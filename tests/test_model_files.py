@@ -41,10 +41,10 @@ def synthetic_mnist(folder, n_train=5600, n_test=300, seed=3):
     return folder
 
 
-def cli(*args, module=None, timeout=600):
+def cli(*args, module=None, timeout=600, cwd=REPO):
     cmd = [sys.executable] + (["-m", module] if module else [str(REPO / "run.py")])
     env = {**os.environ, "PYTHONPATH": str(REPO), "NNMNIST_OFFLINE": "1"}
-    return subprocess.run(cmd + [str(a) for a in args], cwd=REPO, capture_output=True,
+    return subprocess.run(cmd + [str(a) for a in args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=env)
 
 
@@ -328,3 +328,69 @@ def test_sigterm_saves_a_checkpoint_that_resumes_exactly(trained, tmp_path):
     r = cli("--quiet", "--offline", "--resume", ckpt)
     assert r.returncode == 0, r.stderr
     assert part_lines(log.read_text()) == part_lines(full.read_text())
+
+
+def test_export_of_a_compacted_checkpoint_names_the_widths_as_built(trained, tmp_path):
+    _, log = trained
+    ckpt = log.with_name(log.name[:-4] + ".ckpt.npz")
+    r = cli(ckpt, "-o", tmp_path / "model.npz", module="nnmnist.export")
+    assert r.returncode == 0, r.stderr
+    widths = checkpoint.read(tmp_path / "model.npz").meta["network"]["widths"]
+    assert widths[0] < 24  # the checkpoint was compacted already
+    assert r.stdout.strip().endswith(f"layer widths {widths} (built as [24, 24, 10])")
+
+
+def test_resume_and_evaluate_find_a_relative_data_dir_from_another_folder(trained, tmp_path):
+    """DataDir and a data file name given relative to the folder the run started in: resume
+    and evaluate, started elsewhere, read the same files (here, offline: else a fetch)."""
+    import shutil
+    data, full_log = trained
+    work = tmp_path / "work"
+    shutil.copytree(data, work / "mnist")
+    (work / "runs").mkdir()
+    args = ["--quiet", "--log-dir", "runs", "--offline"]
+    for f in ["MaxEpoch=1", "IterPerEpoch=2", "HiddenSize=24", "NetType=mlpvar", "TrainTop=8",
+              "TrainCycle=1", "Prune=0.3", "RandomSeed=5", "Kernels=numpy", "DataDir=mnist",
+              "TestFile=mnist/t10k-images-idx3-ubyte.gz"]:
+        args += ["--set", f]
+    r = cli(*args, cwd=work)
+    assert r.returncode == 0, r.stderr
+    (log,) = (work / "runs").glob("*.txt")
+    ckpt = log.with_name(log.name[:-4] + ".ckpt.npz")
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "mnist").mkdir(parents=True)  # an empty folder of the same name is not used
+    r = cli("--quiet", "--offline", "--resume", ckpt, "--set", "MaxEpoch=2", cwd=elsewhere)
+    assert r.returncode == 0, r.stderr
+    assert part_lines(log.read_text()) == part_lines(full_log.read_text())
+    r = cli(log.with_name(log.name[:-4] + ".best.npz"), module="nnmnist.evaluate", cwd=elsewhere)
+    assert r.returncode == 0 and r.stdout.count("\t tst: ") == 1, r.stderr
+    assert checkpoint.read(ckpt).meta["train"]["data_dir"] == str(work / "mnist")
+
+
+def test_resume_after_kill_9_keeps_each_part_once(trained, tmp_path):
+    """The files a run killed outright leaves: its checkpoint at an epoch's end, its log and
+    .jsonl further on. Made here exactly: a run to epoch 1, a copy of its checkpoint, the run
+    continued to the end, then the copy put back. Resuming cuts both files back first."""
+    import shutil
+    data, full_log = trained
+    log = train_cli(tmp_path, data, "MaxEpoch=1")
+    ckpt = log.with_name(log.name[:-4] + ".ckpt.npz")
+    shutil.copy(ckpt, tmp_path / "kept.npz")
+    assert cli("--quiet", "--offline", "--resume", ckpt, "--set", "MaxEpoch=2").returncode == 0
+    shutil.copy(tmp_path / "kept.npz", ckpt)  # the run is "killed" with epoch 1 logged
+    r = cli("--quiet", "--offline", "--resume", ckpt, "--set", "MaxEpoch=2")
+    assert r.returncode == 0, r.stderr
+    assert part_lines(log.read_text()) == part_lines(full_log.read_text())
+    records = [json.loads(x) for x in log.with_suffix(".jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["part"]) for r in records if r["type"] == "part"] == \
+        [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert [r["type"] for r in records].count("summary") == 1
+    assert [r["type"] for r in records].count("resume") == 1
+
+
+def test_resume_refuses_a_new_seed_in_one_line(trained):
+    _, log = trained
+    ckpt = log.with_name(log.name[:-4] + ".ckpt.npz")
+    r = cli("--quiet", "--offline", "--resume", ckpt, "--set", "RandomSeed=6", "--set", "MaxEpoch=3")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "--set RandomSeed=6 cannot be used with --resume" in r.stderr
