@@ -32,7 +32,7 @@ from nnmnist.backend import gpu_available  # noqa: E402
 from nnmnist.compute import NumpyCompute  # noqa: E402
 from nnmnist.config import Config  # noqa: E402
 from nnmnist.runlog import RunLog  # noqa: E402
-from nnmnist.train import Timer, Trainer, train_and_evaluate  # noqa: E402
+from nnmnist.training import Timer, Trainer, train_and_evaluate  # noqa: E402
 
 from nnmnist.data import mnist_dirs  # noqa: E402
 

@@ -51,7 +51,7 @@ from nnmnist.model import InferenceModel, load_model  # noqa: E402
 from nnmnist.runlog import RunLog  # noqa: E402
 from nnmnist.state import Position, capture, restore  # noqa: E402
 from nnmnist.tensor import Flow  # noqa: E402
-from nnmnist.train import Timer, Trainer  # noqa: E402
+from nnmnist.training import Timer, Trainer  # noqa: E402
 
 MLPVAR = dict(NetType="mlpvar", TrainTop=160, Prune=0.1, TrainCycle=5)
 

@@ -22,7 +22,7 @@ from epoch_bench import find_mnist  # noqa: E402
 from nnmnist import tensor  # noqa: E402
 from nnmnist.config import Config  # noqa: E402
 from nnmnist.kernels import set_num_threads  # noqa: E402
-from nnmnist.train import Timer, Trainer  # noqa: E402
+from nnmnist.training import Timer, Trainer  # noqa: E402
 
 
 def timed_backward(totals):

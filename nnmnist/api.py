@@ -23,7 +23,7 @@ def train(config, data=None, network=None, compute=None, log=None):
     from .data import load_mnist
     from .kernels import set_num_threads
     from .runlog import RunLog
-    from .train import Trainer
+    from .training import Trainer
     if isinstance(config, config_mod.Config):
         cfg = config_mod.validate(config)
     elif isinstance(config, dict):

@@ -87,7 +87,7 @@ def run(args, log_dir_default):
     from .backend import resolve_backend
     from .data import load_mnist
     from .runlog import open_run_log
-    from .train import Trainer
+    from .training import Trainer
     backend = resolve_backend(cfg.Backend)  # "auto" becomes "cpu" or "gpu" here, once
     for note in cfg.ignored_settings(backend):
         print(f"warning: {args.config}: {note}", file=sys.stderr)

@@ -29,7 +29,7 @@ def evaluate_file(path, data_dir=None, log=print, backend=None):
     """Load a model file and MNIST, print the dev and test lines; return (dev, tst) Scores."""
     from .backend import resolve_backend
     from .data import load_mnist
-    from .train import evaluate
+    from .training import evaluate
     mf = checkpoint.read(path)
     cfg = mf.config()
     if data_dir is not None:

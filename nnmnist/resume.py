@@ -64,7 +64,7 @@ def resume_run(args, overrides):
     from .backend import resolve_backend
     from .data import load_mnist
     from .runlog import RunLog
-    from .train import Trainer
+    from .training import Trainer
     resolve_backend(cfg.Backend)
     if cfg.Backend != "gpu":
         from .cli import capped_threads

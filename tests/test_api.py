@@ -10,7 +10,7 @@ import pytest
 import nnmnist
 from nnmnist import (Config, Dense, MaskedDense, Network, RandomK, RunLog, TopK, UnifiedTopK,
                      get_compute, meprop_backward, train)
-from nnmnist.train import train_and_evaluate
+from nnmnist.training import train_and_evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,6 +29,21 @@ def test_every_exported_name_resolves():
         assert getattr(nnmnist, name) is not None, name
     with pytest.raises(AttributeError):
         nnmnist.NoSuchThing  # noqa: B018
+
+
+def test_exported_names_survive_importing_every_submodule():
+    """A submodule named like an exported function would replace it on import (the import
+    system sets the package attribute): after every module is loaded, each name still
+    resolves to the API's object."""
+    out = subprocess.run([sys.executable, "-c", (
+        "import importlib, pkgutil, nnmnist\n"
+        "for m in pkgutil.iter_modules(nnmnist.__path__):\n"
+        "    if m.name not in ('gpu',):\n"
+        "        importlib.import_module('nnmnist.' + m.name)\n"
+        "import types\n"
+        "bad = [n for n in nnmnist.__all__ if isinstance(getattr(nnmnist, n), types.ModuleType)]\n"
+        "print(bad)")], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_importing_the_package_stays_light():

@@ -10,7 +10,7 @@ from nnmnist import checkpoint
 from nnmnist.config import NET_TYPES, OPT_TYPES, Config
 from nnmnist.errors import UserError
 from nnmnist.runlog import RunLog
-from nnmnist.train import Trainer
+from nnmnist.training import Trainer
 
 TIMES = re.compile(r"\d+\.\d+s")
 RESUME_LINE = re.compile(r"#{20} Run Resume at \d\d:\d\d|Run stopped: interrupted .*")

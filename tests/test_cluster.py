@@ -296,7 +296,7 @@ def test_a_worker_with_other_nnmnist_code_is_refused(distributed, workspace, cap
     path = spec(grid={"RandomSeed": [1]})
     other = tmp / "other"
     shutil.copytree(REPO / "nnmnist", other / "nnmnist", ignore=shutil.ignore_patterns("__pycache__"))
-    with open(other / "nnmnist" / "train.py", "a") as f:
+    with open(other / "nnmnist" / "training.py", "a") as f:
         f.write("\n# a local change\n")
     with distributed.LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address=None) as lc:
         worker = subprocess.Popen(

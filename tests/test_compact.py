@@ -18,7 +18,7 @@ from nnmnist.networks import MLP
 from nnmnist.optim import make_optimizer
 from nnmnist.runlog import RunLog
 from nnmnist.tensor import Flow
-from nnmnist.train import Trainer
+from nnmnist.training import Trainer
 
 COMPUTES = [NumpyCompute(), NumbaCompute()]
 

@@ -9,7 +9,7 @@ import pytest
 
 from nnmnist.config import Config
 from nnmnist.runlog import RunLog, log_path
-from nnmnist.train import part_bounds, train_and_evaluate
+from nnmnist.training import part_bounds, train_and_evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 NUM = r"\d+\.\d+"
@@ -102,7 +102,7 @@ def test_part_bounds():
 
 
 def test_shuffle_is_seeded():
-    from nnmnist.train import make_rngs
+    from nnmnist.training import make_rngs
     import numpy as np
     orders = []
     for seed in (3, 3, 4):
@@ -111,7 +111,7 @@ def test_shuffle_is_seeded():
         data_rng.shuffle(order)
         orders.append(order)
     assert (orders[0] == orders[1]).all() and not (orders[0] == orders[2]).all()
-    from nnmnist.train import effective_seed
+    from nnmnist.training import effective_seed
     assert effective_seed(5) == 5
     a, b = effective_seed(-1), effective_seed(-1)
     assert a >= 0 and b >= 0 and a != b  # a negative seed is drawn from the clock

@@ -11,7 +11,7 @@ from nnmnist.networks import MLP
 from nnmnist.optim import make_optimizer
 from nnmnist.runlog import RunLog
 from nnmnist.tensor import Flow
-from nnmnist.train import train_and_evaluate
+from nnmnist.training import train_and_evaluate
 
 NETS = [("mlp", False), ("mlptop", False), ("mlprand", False), ("mlpvar", False),
         ("mlptop", True), ("mlprand", True), ("mlpvar", True)]

@@ -24,7 +24,7 @@ from nnmnist.optim import make_optimizer, optimizer_class
 from nnmnist.runlog import RunLog
 from nnmnist.select import Selection, TopK, UnifiedTopK
 from nnmnist.tensor import Flow, Tensor
-from nnmnist.train import train_and_evaluate
+from nnmnist.training import train_and_evaluate
 
 try:
     from . import naive

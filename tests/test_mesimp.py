@@ -9,7 +9,7 @@ from nnmnist.networks import MLP
 from nnmnist.runlog import RunLog
 from nnmnist.select import TopK
 from nnmnist.tensor import Flow, Tensor
-from nnmnist.train import train_and_evaluate
+from nnmnist.training import train_and_evaluate
 
 C = NumpyCompute()
 

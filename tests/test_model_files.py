@@ -14,7 +14,7 @@ import pytest
 import nnmnist
 from nnmnist import checkpoint
 from nnmnist.evaluate import build_network
-from nnmnist.train import evaluate
+from nnmnist.training import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 TIMES = re.compile(r"\d+\.\d+s")

@@ -7,7 +7,7 @@ import pytest
 from nnmnist import plot
 from nnmnist.config import Config
 from nnmnist.runlog import RunLog, log_path
-from nnmnist.train import train_and_evaluate
+from nnmnist.training import train_and_evaluate
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
