@@ -6,8 +6,8 @@
 # Installs nothing: it needs Python with NumPy, CuPy, pytest and tqdm (PyTorch optional, for the
 # side-by-side) and imports the project from this checkout (PYTHONPATH), not from an install.
 # Real MNIST is looked for in ../shared/data/mnist, shared/data/mnist and data/ (gzip IDX);
-# without it the benchmark uses synthetic data and says so. On the lent device machine,
-# ../shared does not travel: copy the four .gz files into data/ here first and carry "data".
+# without it the benchmark uses synthetic data and says so. On a machine without ../shared,
+# copy the four .gz files into data/ here first.
 #
 # Writes into $OUT if set, else benchmarks/out/:
 #   gpu_env.txt    device, driver and library versions
