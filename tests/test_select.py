@@ -140,7 +140,7 @@ def test_a_rule_keeps_at_least_one_entry(k):
 def test_a_k_raised_after_construction_is_an_error_not_a_crash():
     # The fused kernels write k entries per row; a k above the layer's width must never reach
     # them (it once ended the process with a segmentation fault). Run apart from pytest's
-    # process, so that a crash fails this test instead of the whole session.
+    # process, so that a crash fails this test instead of the whole test run.
     import subprocess
     import sys
     code = """if True:
