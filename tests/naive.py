@@ -96,6 +96,7 @@ def adam_step(w, g, m, v, lr_t, l2, clip):
     g = _clip(g, clip)
     v = 0.999 * v + 0.001 * g * g
     m = 0.9 * m + 0.1 * g
+    m = np.where(np.abs(m) < 2.0 ** -100, np.float32(0), m)  # tiny moments are stored as 0
     w = w - np.float32(lr_t) * m / (np.sqrt(v) + 1e-8)
     return w, np.zeros_like(g), m, v
 

@@ -298,6 +298,16 @@ def running(pid):
     return state not in ("Z", "X")
 
 
+def lock_is_free(out):
+    """Whether a new sweep could take OUT's lock now (a process that has just ended may still
+    be releasing it)."""
+    try:
+        with sweep.SweepLock(out):
+            return True
+    except UserError:
+        return False
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_killed_sweep_takes_its_runs_along_and_locks_its_folder(tmp_path, base):
     spec = tmp_path / "spec.json"
@@ -322,8 +332,7 @@ def test_killed_sweep_takes_its_runs_along_and_locks_its_folder(tmp_path, base):
         wait_for(lambda: not running(run), seconds=30)
         log = only(run_dir, "*-log-*.txt").read_text().splitlines()
         assert log[-1].startswith("Run stopped: interrupted by SIGTERM")
-        with sweep.SweepLock(out):  # free again once the sweep and its run are gone
-            pass
+        wait_for(lambda: lock_is_free(out), seconds=30)  # free again once both are gone
     finally:
         if first.poll() is None:
             first.kill()

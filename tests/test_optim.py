@@ -263,3 +263,44 @@ def test_rmsprop_from_config_and_command_line(tmp_path):
         path.write_text(bad)
         with pytest.raises(UserError, match=field):
             cfgmod.load(path)
+
+
+def _tiny_moment_case():
+    """Weights, first moments from ordinary to denormal, v = 1e-6, and no gradient: the
+    state of rows meProp left out for many steps."""
+    w = np.array([[0.5, -0.25, 1.0, 2.0, 1e-3, 3.0]], np.float32)
+    m = np.array([[1e-36, -1e-39, 2e-30, 0.5, 1e-31, 0.0]], np.float32)
+    return w, m, np.full_like(w, 1e-6)
+
+
+def _check_tiny_moments(w0, m0, w, m):
+    decayed = np.float32(0.9) * m0
+    tiny = np.abs(decayed) < 2.0 ** -100
+    assert tiny.tolist() == [[True, True, False, False, True, True]]
+    assert np.array_equal(m, np.where(tiny, np.float32(0), decayed))  # stored as 0, no denormals
+    # Kept or not, such a moment moves w by less than float32 can hold: those weights stay put.
+    small = np.abs(decayed) < 1e-20
+    assert np.array_equal(w[small], w0[small])
+    lr_t = 0.001 * math.sqrt(1 - 0.999) / (1 - 0.9)
+    expect = w0.astype(np.float64) - lr_t * decayed / (np.sqrt(0.999e-6) + 1e-8)
+    np.testing.assert_allclose(w, expect, rtol=1e-6)
+
+
+@pytest.mark.parametrize("compute", [NumpyCompute(), NumbaCompute()], ids=["numpy", "numba"])
+def test_adam_stores_tiny_first_moments_as_zero(compute):
+    w0, m0, v0 = _tiny_moment_case()
+    p = Tensor(w0.copy())
+    opt = Adam([p], compute, 0.001)
+    p.state["m"][...] = m0
+    p.state["v"][...] = v0
+    opt.step()
+    _check_tiny_moments(w0, m0, p.value, p.state["m"])
+
+
+def test_adam_row_update_stores_tiny_first_moments_as_zero():
+    from nnmnist import kernels as K
+    w0, m0, v0 = _tiny_moment_case()
+    w, m, v = w0.copy(), m0.copy(), v0.copy()
+    lr_t = 0.001 * math.sqrt(1 - 0.999) / (1 - 0.9)
+    K.adam_update_rows(w, np.zeros_like(w), m, v, np.array([0], np.int32), lr_t, 0.0, 0.0)
+    _check_tiny_moments(w0, m0, w, m)

@@ -6,6 +6,12 @@
     w -= lr_t m / (sqrt(v) + 1e-8),   lr_t = lr sqrt(1 - 0.999^t) / (1 - 0.9^t)
 
 The step counter t survives "Prepare" (which zeroes m and v), as in the original.
+
+One addition: an m of magnitude below 2^-100 (about 7.9e-31) is stored as 0. Under meProp most
+rows get no gradient in a step, so their m shrinks by 0.9 a step into float32's denormal range,
+where the CPU computes 9-13x more slowly (`benchmarks/denormal_bench.py`). Such an m moves w
+by under lr_t 1e-22, far below float32's resolution of any weight the network holds, so the
+weights are the same (docs/ORIGINAL.md §11.7).
 """
 import math
 
@@ -19,6 +25,7 @@ from .base import CUDA_CLIP, CUDA_L2, Optimizer, Rule, numpy_clip
 _B1, _B1C = np.float32(0.9), np.float32(0.1)
 _B2, _B2C = np.float32(0.999), np.float32(0.001)
 _EPS = np.float32(1e-8)
+_TINY = np.float32(2.0 ** -100)  # smaller first moments are stored as 0 (see above)
 
 
 def _numpy(w, g, m, v, lr_t, l2, clip):
@@ -29,6 +36,7 @@ def _numpy(w, g, m, v, lr_t, l2, clip):
     v += _B2C * (g * g)
     m *= _B1
     m += _B1C * g
+    m[np.abs(m) < _TINY] = 0
     w -= np.float32(lr_t) * m / (np.sqrt(v) + _EPS)
 
 
@@ -38,6 +46,7 @@ def _elem(w, g, m, v, lr_t, l2, clip):
     g = clip_elem(g + l2 * w, clip)
     v = _B2 * v + _B2C * g * g
     m = _B1 * m + _B1C * g
+    m = m if abs(m) >= _TINY else F0
     return w - lr_t * m / (np.sqrt(v) + _EPS), m, v
 
 
@@ -64,6 +73,7 @@ _CUDA = f"""
     T gg = g; {CUDA_L2} {CUDA_CLIP}
     v = add_rn(mul_rn(v, (T)0.999f), mul_rn((T)0.001f, mul_rn(gg, gg)));
     m = add_rn(mul_rn(m, (T)0.9f), mul_rn((T)0.1f, gg));
+    if (m < (T)7.8886090522101181e-31 && m > (T)-7.8886090522101181e-31) m = 0;
     w = sub_rn(w, div_rn(mul_rn((T)lr_t, m), add_rn(sqrt_rn(v), (T)1e-8f)));
     g = 0;"""
 
