@@ -71,6 +71,21 @@ def capped_threads(threads, source):
     return threads
 
 
+def apply_threads(cfg, backend, source):
+    """On the CPU, cap `Threads` at the usable cores and hand it to Numba and BLAS."""
+    if backend != "gpu":
+        from .kernels import set_num_threads
+        cfg.Threads = capped_threads(cfg.Threads, source)
+        set_num_threads(cfg.Threads)  # 0 restores the libraries' defaults
+
+
+def quiet_overflow():
+    """A diverging run is stopped with its own message (Trainer.check_divergence), so NumPy's
+    overflow warnings on the way there would only bury it."""
+    import numpy as np
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+
+
 def run(args, log_dir_default):
     """Load and check everything that can fail on user input before the log file is created."""
     from .procs import die_with_parent
@@ -91,10 +106,7 @@ def run(args, log_dir_default):
     backend = resolve_backend(cfg.Backend)  # "auto" becomes "cpu" or "gpu" here, once
     for note in cfg.ignored_settings(backend):
         print(f"warning: {args.config}: {note}", file=sys.stderr)
-    if backend != "gpu":
-        from .kernels import set_num_threads
-        cfg.Threads = capped_threads(cfg.Threads, args.config)
-        set_num_threads(cfg.Threads)  # 0 restores the libraries' defaults
+    apply_threads(cfg, backend, args.config)
     log_dir = Path(args.log_dir or cfg.LogDir or log_dir_default)
     if not log_dir.is_dir():
         raise UserError(f"log folder {log_dir} (LogDir / --log-dir) does not exist")
@@ -116,10 +128,7 @@ def run(args, log_dir_default):
     trainer.config_dir = str(Path(args.config).resolve().parent)
     from .data import data_dir_of
     trainer.work_dir, trainer.data_dir = os.getcwd(), os.path.abspath(data_dir_of(cfg))
-    import numpy as np
-    # A diverging run is stopped with its own message (train.Trainer.check_divergence), so
-    # NumPy's overflow warnings on the way there would only bury it.
-    with log, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+    with log, quiet_overflow():
         trainer.train(log)
         if console:
             print(f"log written to {log.path}", file=sys.stderr)

@@ -200,13 +200,8 @@ def run_on_worker(task, base_name, base_text, expected, offline):
         config_path = scratch / base_name
         config_path.write_text(base_text, encoding="utf-8")
         run_dir = scratch / "run"
-        command = [sys.executable, *sweep._entry_point(), str(config_path)]
-        for k, v in task.set_fields.items():
-            command += ["--set", f"{k}={json.dumps(v)}"]
-        command += ["--log-dir", str(run_dir), "--quiet"]
-        if offline:
-            command.append("--offline")
-        else:
+        command = sweep.run_command(config_path, task.set_fields, run_dir, offline)
+        if not offline:
             try:
                 ensure_data(config_path, task.set_fields)
             except UserError as exc:  # as run.py would have failed: status 2, one line

@@ -65,12 +65,8 @@ def resume_run(args, overrides):
     from .data import load_mnist
     from .runlog import RunLog
     from .training import Trainer
-    resolve_backend(cfg.Backend)
-    if cfg.Backend != "gpu":
-        from .cli import capped_threads
-        from .kernels import set_num_threads
-        cfg.Threads = capped_threads(cfg.Threads, args.resume)
-        set_num_threads(cfg.Threads)
+    from .cli import apply_threads, quiet_overflow
+    apply_threads(cfg, resolve_backend(cfg.Backend), args.resume)  # "auto" resolved once
     console = not args.quiet
     config_dir = train.get("config_dir")
     from . import config as config_mod
@@ -94,8 +90,7 @@ def resume_run(args, overrides):
         log = RunLog(log_file, console=console, append=True)
     except OSError as exc:
         raise UserError(f"cannot append to the log {log_file}: {exc.strerror}") from None
-    import numpy as np
-    with log, np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # as cli.run
+    with log, quiet_overflow():
         trainer.resume(log, mf)
         if console:
             print(f"log written to {log.path}", file=sys.stderr)

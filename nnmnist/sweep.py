@@ -211,15 +211,21 @@ def build_plan(spec_path, out=None, offline=False):
             except UserError as exc:
                 raise UserError(f"{spec_path}: run {run_id}: {exc}") from None
             run_dir = (out / "runs" / run_id).resolve()
-            command = [sys.executable, *_entry_point(), str(base)]
-            for k, v in set_fields.items():
-                command += ["--set", f"{k}={json.dumps(v)}"]
-            command += ["--log-dir", str(run_dir), "--quiet"]
-            if offline:
-                command.append("--offline")
+            command = run_command(base, set_fields, run_dir, offline)
             tasks.append(RunTask(run_id, overrides, set_fields, dataclasses.asdict(cfg),
                                  tuple(command), str(run_dir), os.getcwd()))
     return Plan(spec_path, base, fixed, override_fields, tasks, out.resolve())
+
+
+def run_command(config_path, set_fields, log_dir, offline):
+    """The run.py command line of one run: its config, its fields as --set, its log folder."""
+    command = [sys.executable, *_entry_point(), str(config_path)]
+    for k, v in set_fields.items():
+        command += ["--set", f"{k}={json.dumps(v)}"]
+    command += ["--log-dir", str(log_dir), "--quiet"]
+    if offline:
+        command.append("--offline")
+    return command
 
 
 def _entry_point():
