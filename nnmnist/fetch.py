@@ -145,7 +145,7 @@ def _prepare_folder(dest):
     """Create dest and prove it writable, so a local problem is not blamed on the sources."""
     try:
         dest.mkdir(parents=True, exist_ok=True)
-        with _temp_file(dest, ".probe"):
+        with fsio.temp_path(dest, ".probe"):
             pass
     except OSError as exc:
         raise UserError(f"{dest}: cannot write the MNIST files there ({exc.strerror or exc})") from None
@@ -167,7 +167,7 @@ def _from_mirror(base, todo, dest, checksums, timeout, failures, log):
     for name in todo:
         url = urllib.parse.urljoin(base, name + ".gz")
         try:
-            with _temp_file(dest, ".gz.part") as part:
+            with fsio.temp_path(dest, ".gz.part") as part:
                 _download(url, part, timeout, desc=name + ".gz")
                 _store(dest, name, part.read_bytes(), checksums[name])
         except _SOURCE_ERRORS as exc:
@@ -201,7 +201,7 @@ def _from_index(index_url, todo, dest, checksums, sdist, timeout, failures, log)
                 context = _ssl_context(settings.cert())
             file_url = _find_sdist(page, sdist, headers, context, timeout)
             file_headers = headers if _same_origin(page, file_url) else {}
-            with _temp_file(dest, ".tar.gz.part") as part:
+            with fsio.temp_path(dest, ".tar.gz.part") as part:
                 _download(file_url, part, timeout, headers=file_headers, context=context,
                           desc=sdist.filename)
                 # The index's own sha256, if it gave one, already had to equal this pinned one.
@@ -490,7 +490,7 @@ def _store(dest, name, payload, md5):
     """Decompress if gzip, verify the MD5, and atomically write dest/name."""
     raw = _gunzip(payload, name)
     _verify_digest(raw, "md5", md5, name)
-    _write_atomic(dest / name, raw)
+    fsio.atomic_write(dest / name, raw)  # never half-written
 
 
 def _gunzip(payload, name):
@@ -506,14 +506,6 @@ def _verify_digest(data, algorithm, expected, name):
     got = hashlib.new(algorithm, data, usedforsecurity=False).hexdigest()
     if got != expected.lower():
         raise _SourceFailed(f"{name}: {algorithm} {got} does not match the expected {expected}")
-
-
-def _write_atomic(target, data):
-    """Write via a temp file in the same folder and a rename, so target is never half-written."""
-    fsio.atomic_write(target, data)
-
-
-_temp_file = fsio.temp_path  # a hidden temp file, removed on exit whatever happens
 
 
 def _reason(exc):
