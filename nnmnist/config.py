@@ -15,6 +15,7 @@ NET_TYPES = ("mlp", "mlprand", "mlptop", "mlpvar")
 OPT_TYPES = tuple(OPT_RULES)  # the optimizer registry's names
 BACKENDS = ("cpu", "gpu", "auto")
 KERNELS = ("numba", "numpy")
+LOSS_GRADS = ("sum", "mean")
 K_NETS = ("mlprand", "mlptop", "mlpvar")
 
 
@@ -55,6 +56,8 @@ class Config:
     Compact: bool = True         # mlpvar: remove pruned neurons (False: keep them, masked)
     AllowDivergence: bool = False  # keep training when the training loss is NaN, infinite or huge
     RmsDecay: float = 0.9        # rmsprop's decay rho of the average of g^2 (only rmsprop uses it)
+    LossGrad: str = "sum"        # gradient of the minibatch's summed loss (the original) or its mean
+    DenseWarmup: int = 0         # mlptop/mlprand: back-propagate densely for the first this many steps
 
     @property
     def uses_k(self):
@@ -81,6 +84,9 @@ class Config:
                 if getattr(self, name):
                     notes.append(f"{name} has no effect with NetType {self.NetType} "
                                  "(it only changes meProp's sparse backward)")
+        if self.DenseWarmup and self.NetType == "mlp":
+            notes.append("DenseWarmup has no effect with NetType mlp (it already back-propagates "
+                         "densely)")
         if (backend or self.Backend) == "gpu" and self.Kernels != "numba":
             notes.append("Kernels has no effect with Backend gpu")
         return notes
@@ -97,7 +103,8 @@ _RULE_FIELDS = {"RmsDecay": "rmsprop"}
 FIELD_TYPES = {f.name: f.type for f in fields(Config)}
 # The original read its JSON with case-insensitive names and enum values; so do we.
 _BY_LOWER = {name.lower(): name for name in FIELD_TYPES}
-_CHOICES = {"NetType": NET_TYPES, "OptType": OPT_TYPES, "Backend": BACKENDS, "Kernels": KERNELS}
+_CHOICES = {"NetType": NET_TYPES, "OptType": OPT_TYPES, "Backend": BACKENDS, "Kernels": KERNELS,
+            "LossGrad": LOSS_GRADS}
 _OPTIONAL_PATHS = ("DataDir", "LogDir")  # null means "the default place"
 
 
@@ -195,6 +202,10 @@ def validate(cfg, source="config"):
     _check(c.Backend in BACKENDS, source, "Backend", c.Backend, f"must be one of {', '.join(BACKENDS)}")
     _check(c.Kernels in KERNELS, source, "Kernels", c.Kernels, f"must be one of {', '.join(KERNELS)}")
     _check(c.Threads >= 0, source, "Threads", c.Threads, "must be >= 0 (0 = library default)")
+    _check(c.LossGrad in LOSS_GRADS, source, "LossGrad", c.LossGrad, f"must be one of {', '.join(LOSS_GRADS)}")
+    _check(c.DenseWarmup >= 0, source, "DenseWarmup", c.DenseWarmup, "must be >= 0 (0 = no warm-up)")
+    _check(c.DenseWarmup == 0 or c.NetType != "mlpvar", source, "DenseWarmup", c.DenseWarmup,
+           "must be 0 for mlpvar (meSimp counts its hits from the first step)")
     return cfg
 
 

@@ -22,6 +22,8 @@ class Network:
     def __init__(self, layers, compute, rng, dropout=0.0):
         self.layers, self.compute, self.rng = list(layers), compute, rng
         self.dropout = dropout
+        self.loss_grad = "sum"  # "mean": back-propagate the minibatch's mean loss instead
+        self._rules = None      # the units' own selection rules while `dense_backward` is on
         # The model owns its parameters in one flat store from here on ("0.W", "0.b", ...).
         self.store = ParamStore(self.named_params(), compute.xp)
 
@@ -49,7 +51,22 @@ class Network:
             if flow.training and self.dropout > 0:
                 h = ops.dropout(flow, h, self.dropout, self.rng, self.compute)
         logits = self.layers[-1](flow, h)
-        return ops.softmax_cross_entropy(flow, logits, labels, self.compute.xp)
+        return ops.softmax_cross_entropy(flow, logits, labels, self.compute.xp,
+                                         mean=self.loss_grad == "mean")
+
+    def dense_backward(self, on):
+        """Back-propagate every Dense unit densely (`on`), or through its own selection rule
+        again: the switch of `DenseWarmup`. meSimp units keep their rule (their hit counts
+        need it)."""
+        if on and self._rules is None:
+            self._rules = [layer.rule for layer in self.layers]
+            for layer in self.layers:
+                if not isinstance(layer, MaskedDense):
+                    layer.rule = None
+        elif not on and self._rules is not None:
+            for layer, rule in zip(self.layers, self._rules):
+                layer.rule = rule
+            self._rules = None
 
     # -- state -----------------------------------------------------------------------------
     def state_dict(self):

@@ -135,10 +135,11 @@ def dropout(flow, x, p, rng, compute):
     return y
 
 
-def softmax_cross_entropy(flow, logits, labels, xp):
+def softmax_cross_entropy(flow, logits, labels, xp, mean=False):
     """Per-example -log p[label] and predictions; backward hands p - onehot to the logits.
 
     The gradient is NOT divided by the minibatch size: the original optimises the summed loss.
+    With `mean` it is: (p - onehot) / batch, the gradient of the minibatch's mean loss.
     """
     z = logits.value
     z = z - z.max(axis=1, keepdims=True)
@@ -151,6 +152,8 @@ def softmax_cross_entropy(flow, logits, labels, xp):
     def backward():
         g = e / s
         g[rows, labels] -= 1
+        if mean:
+            g /= z.shape[0]
         accumulate(logits, g)
     flow.record(backward)
     return losses, pred

@@ -30,6 +30,12 @@ def make_rngs(seed):
     return np.random.default_rng(data_ss), np.random.default_rng(net_ss)
 
 
+def steps_before(n, cfg, epoch, part):
+    """Training steps (minibatches) a run has taken when it starts `part` of `epoch`."""
+    per_part = [-(-size // cfg.MinibatchSize) for _, size in part_bounds(n, cfg.IterPerEpoch)]
+    return epoch * sum(per_part) + sum(per_part[:part])
+
+
 def part_bounds(n, parts):
     """(start, size) of `parts` contiguous parts; the first n % parts get one extra example."""
     base, extra = divmod(n, parts)
@@ -116,6 +122,7 @@ class Trainer:
         self.tst_x, self.tst_y = xp.asarray(splits.tst_x), xp.asarray(splits.tst_y)
         self.n_in = splits.trn_x.shape[1]
         self.model = model or MLP(cfg, self.n_in, self.compute, self.net_rng)
+        self.model.loss_grad = cfg.LossGrad
         self.opt = make_optimizer(cfg, self.model.params, self.compute, len(splits.trn_y))
         self.order = np.arange(len(splits.trn_y))
         self.result = Result(param_count=self.model.param_count)
@@ -216,8 +223,9 @@ class Trainer:
         self.mark_stop("diverged", reason)
         raise RunError(reason)
 
-    def train_part(self, idx, timer, desc):
-        """Train on the examples `idx` (in order) in minibatches; return the part's Score."""
+    def train_part(self, idx, timer, desc, dense_steps=0):
+        """Train on the examples `idx` (in order) in minibatches; return the part's Score. The
+        first `dense_steps` minibatches back-propagate densely (`DenseWarmup`)."""
         cfg, c, xp = self.cfg, self.compute, self.compute.xp
         clock = time.perf_counter
         start = clock()
@@ -226,6 +234,8 @@ class Trainer:
         n_batches = -(-len(idx) // cfg.MinibatchSize)
         with self.log.progress(n_batches, desc) as bar:
             for i in range(0, len(idx), cfg.MinibatchSize):
+                if cfg.DenseWarmup:
+                    self.model.dense_backward(i // cfg.MinibatchSize < dense_steps)
                 rows = idx_dev[i:i + cfg.MinibatchSize]
                 xb, yb = self.trn_x[rows], self.trn_y[rows]
                 t0 = clock()
@@ -245,6 +255,8 @@ class Trainer:
                 loss += losses.mean(dtype=np.float64)
                 correct += (pred == yb).sum()
                 bar.update(1)
+        if cfg.DenseWarmup:
+            self.model.dense_backward(False)  # a part never leaves the model switched
         # As the original: the part's loss is the mean of its minibatches' mean losses.
         loss, correct = float(loss), int(correct)
         return Score(loss / max(n_batches, 1), correct, len(idx), clock() - start)
@@ -274,7 +286,8 @@ class Trainer:
                 tag = f"{epoch:02d}:{part:02d}"
                 self.at = f"epoch {epoch} part {part}"
                 part_timer = Timer()
-                trn = self.train_part(self.order[start:start + size], part_timer, tag)
+                warm = max(0, cfg.DenseWarmup - steps_before(len(self.order), cfg, epoch, part))
+                trn = self.train_part(self.order[start:start + size], part_timer, tag, warm)
                 self.check_divergence(epoch, part, trn)
                 timer.add(part_timer)
                 mb = cfg.MinibatchSize

@@ -25,6 +25,7 @@ def test_defaults_match_spec():
     assert c.TrainFile == "train-images.idx3-ubyte" and c.TestLabelFile == "t10k-labels.idx1-ubyte"
     # Extensions default to the original behaviour.
     assert (c.Unified, c.LazyUpdate, c.Dropout, c.Backend) == (False, False, 0.0, "cpu")
+    assert (c.LossGrad, c.DenseWarmup) == ("sum", 0)
 
 
 def test_bom_and_missing_fields(tmp_path):
@@ -93,6 +94,10 @@ def test_header_lines_sorted_with_csharp_numbers():
     ({"Unified": 1}, "must be true or false"),
     ({"TrainFile": ""}, "TrainFile"),
     ({"TrainFile": 3}, "must be a string"),
+    ({"LossGrad": "median"}, "LossGrad = \"median\": must be one of sum, mean"),
+    ({"DenseWarmup": -1}, "DenseWarmup = -1"),
+    ({"DenseWarmup": 1.5}, "must be an integer"),
+    ({"NetType": "mlpvar", "DenseWarmup": 100}, "DenseWarmup = 100: must be 0 for mlpvar"),
 ])
 def test_validation_errors_name_file_field_value(tmp_path, fields, needle):
     path = write(tmp_path, fields)
