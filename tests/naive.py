@@ -95,6 +95,7 @@ def adam_step(w, g, m, v, lr_t, l2, clip):
     g = g + np.float32(l2) * w
     g = _clip(g, clip)
     v = 0.999 * v + 0.001 * g * g
+    v = np.where(v < 2.0 ** -106, np.float32(0), v)  # so are tiny second moments
     m = 0.9 * m + 0.1 * g
     m = np.where(np.abs(m) < 2.0 ** -100, np.float32(0), m)  # tiny moments are stored as 0
     w = w - np.float32(lr_t) * m / (np.sqrt(v) + 1e-8)
@@ -105,5 +106,6 @@ def rmsprop_step(w, g, r, lr, rho, eps, l2, clip):
     g = g + np.float32(l2) * w
     g = _clip(g, clip)
     r = np.float32(rho) * r + (np.float32(1) - np.float32(rho)) * (g * g)
+    r = np.where(r < 2.0 ** -100, np.float32(0), r)  # tiny averages are stored as 0
     w = w - g * np.float32(lr) / np.sqrt(r + np.float32(eps))
     return w, np.zeros_like(g), r

@@ -304,3 +304,53 @@ def test_adam_row_update_stores_tiny_first_moments_as_zero():
     lr_t = 0.001 * math.sqrt(1 - 0.999) / (1 - 0.9)
     K.adam_update_rows(w, np.zeros_like(w), m, v, np.array([0], np.int32), lr_t, 0.0, 0.0)
     _check_tiny_moments(w0, m0, w, m)
+
+
+def _second_moment_case(rule):
+    """Weights, m = 1e-3 (Adam), no gradient, and second moments (Adam's v, RMSProp's r) that
+    decay to below the stored-as-0 limit, to denormals, or stay above it."""
+    w = np.array([[0.5, -0.25, 1.0, 2.0]], np.float32)
+    if rule == "adam":
+        return w, [np.full_like(w, 1e-3), np.array([[1e-33, 1e-40, 2e-32, 1e-6]], np.float32)]
+    return w, [np.array([[1e-31, 1e-40, 1e-29, 1e-4]], np.float32)]
+
+
+def _second_moment_step(rule, how, w, state):
+    """One step of `rule` without gradient on w (1 x 4) and its state, through `how`."""
+    lr_t = 0.001 * math.sqrt(1 - 0.999) / (1 - 0.9)
+    g = np.zeros_like(w)
+    if how == "rows":
+        from nnmnist import kernels as K
+        scalars = (lr_t, 0.0, 0.0) if rule == "adam" else (0.01, 0.9, 1e-6, 0.0, 0.0)
+        K.rule_update_rows(rule, w, g, state, np.array([0], np.int32), scalars)
+        return
+    p = Tensor(w)
+    opt = Adam([p], how, 0.001) if rule == "adam" else RMSProp([p], how, 0.01)
+    for name, value in zip(("m", "v") if rule == "adam" else ("r",), state):
+        p.state[name][...] = value
+    opt.step()
+    w[...] = p.value
+    for value, name in zip(state, ("m", "v") if rule == "adam" else ("r",)):
+        value[...] = p.state[name]
+
+
+@pytest.mark.parametrize("rule", ["adam", "rmsprop"])
+@pytest.mark.parametrize("how", [NumpyCompute(), NumbaCompute(), "rows"], ids=["numpy", "numba", "rows"])
+def test_tiny_second_moments_are_stored_as_zero_and_change_no_weight(rule, how):
+    w0, state0 = _second_moment_case(rule)
+    w, state = w0.copy(), [s.copy() for s in state0]
+    _second_moment_step(rule, how, w, state)
+    decay, limit = (np.float32(0.999), 2.0 ** -106) if rule == "adam" else (np.float32(0.9), 2.0 ** -100)
+    decayed = decay * state0[-1]
+    stored = state[-1]
+    assert (stored == 0).tolist() == [[True, True, False, False]]  # no denormal is kept
+    assert np.array_equal(stored, np.where(decayed < limit, np.float32(0), decayed))
+    # The same step in float32 with the decayed moment kept moves every weight the same.
+    if rule == "adam":
+        m = np.float32(0.9) * state0[0]
+        lr_t = np.float32(0.001 * math.sqrt(1 - 0.999) / (1 - 0.9))
+        kept = w0 - lr_t * m / (np.sqrt(decayed) + np.float32(1e-8))
+        assert not np.array_equal(kept, w0)
+    else:
+        kept = w0.copy()  # g = 0: RMSProp moves nothing, the check is on r alone
+    assert np.array_equal(w, kept)

@@ -11,7 +11,10 @@ One addition: an m of magnitude below 2^-100 (about 7.9e-31) is stored as 0. Und
 rows get no gradient in a step, so their m shrinks by 0.9 a step into float32's denormal range,
 where the CPU computes 9-13x more slowly (`benchmarks/denormal_bench.py`). Such an m moves w
 by under lr_t 1e-22, far below float32's resolution of any weight the network holds, so the
-weights are the same (docs/ORIGINAL.md §11.7).
+weights are the same (docs/ORIGINAL.md §11.7). v decays more slowly (by 0.999 a step) and gets
+there after some 60,000 idle steps (about 11 epochs at minibatch 10), so a v below 2^-106 is
+stored as 0 too: its root is then under half a float32 step of 1e-8, so sqrt(v) + 1e-8 is
+1e-8 either way.
 """
 import math
 
@@ -25,7 +28,8 @@ from .base import CUDA_CLIP, CUDA_L2, Optimizer, Rule, numpy_clip
 _B1, _B1C = np.float32(0.9), np.float32(0.1)
 _B2, _B2C = np.float32(0.999), np.float32(0.001)
 _EPS = np.float32(1e-8)
-_TINY = np.float32(2.0 ** -100)  # smaller first moments are stored as 0 (see above)
+_TINY = np.float32(2.0 ** -100)     # smaller first moments are stored as 0 (see above)
+_TINY_V = np.float32(2.0 ** -106)   # smaller second moments too
 
 
 def _numpy(w, g, m, v, lr_t, l2, clip):
@@ -34,6 +38,7 @@ def _numpy(w, g, m, v, lr_t, l2, clip):
     numpy_clip(g, clip)
     v *= _B2
     v += _B2C * (g * g)
+    v[v < _TINY_V] = 0
     m *= _B1
     m += _B1C * g
     m[np.abs(m) < _TINY] = 0
@@ -45,6 +50,7 @@ def _elem(w, g, m, v, lr_t, l2, clip):
     # float32 throughout, in the NumPy body's order: v = (0.999 v) + ((0.001 g) g), ...
     g = clip_elem(g + l2 * w, clip)
     v = _B2 * v + _B2C * g * g
+    v = v if v >= _TINY_V else F0
     m = _B1 * m + _B1C * g
     m = m if abs(m) >= _TINY else F0
     return w - lr_t * m / (np.sqrt(v) + _EPS), m, v
@@ -72,6 +78,7 @@ def _rows(W, G, M, V, rows, lr_t, l2, clip):
 _CUDA = f"""
     T gg = g; {CUDA_L2} {CUDA_CLIP}
     v = add_rn(mul_rn(v, (T)0.999f), mul_rn((T)0.001f, mul_rn(gg, gg)));
+    if (v < (T)1.2325951644078310e-32) v = 0;
     m = add_rn(mul_rn(m, (T)0.9f), mul_rn((T)0.1f, gg));
     if (m < (T)7.8886090522101181e-31 && m > (T)-7.8886090522101181e-31) m = 0;
     w = sub_rn(w, div_rn(mul_rn((T)lr_t, m), add_rn(sqrt_rn(v), (T)1e-8f)));

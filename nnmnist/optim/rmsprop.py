@@ -6,6 +6,11 @@
 
 rho is the `RmsDecay` field (default 0.9), eps the `Eps` field (inside the square root, as in
 AdaGrad). "Prepare" zeroes r. Not in the original program: an extension of ours.
+
+As Adam's moments, an r below 2^-100 is stored as 0: rows that meProp leaves without gradient
+decay it by rho a step into float32's denormal range, where the CPU computes many times more
+slowly. Next to the default Eps (1e-6), or any Eps above 2^-75, such an r is under half a
+float32 step of Eps, so r + Eps is Eps either way.
 """
 import numpy as np
 from numba import prange
@@ -15,6 +20,7 @@ from ..kernels.optim import F0, clip_elem
 from .base import CUDA_CLIP, CUDA_L2, Optimizer, Rule, numpy_clip
 
 _ONE = np.float32(1.0)
+_TINY = np.float32(2.0 ** -100)  # smaller averages of g^2 are stored as 0 (see above)
 
 
 def _numpy(w, g, r, lr, rho, eps, l2, clip):
@@ -24,6 +30,7 @@ def _numpy(w, g, r, lr, rho, eps, l2, clip):
     rho = np.float32(rho)
     r *= rho
     r += (_ONE - rho) * (g * g)
+    r[r < _TINY] = 0
     w -= g * np.float32(lr) / np.sqrt(r + np.float32(eps))
 
 
@@ -31,6 +38,7 @@ def _numpy(w, g, r, lr, rho, eps, l2, clip):
 def _elem(w, g, r, lr, rho, eps, l2, clip):
     g = clip_elem(g + l2 * w, clip)
     r = r * rho + (_ONE - rho) * (g * g)
+    r = r if r >= _TINY else F0
     return w - g * lr / np.sqrt(r + eps), r
 
 
@@ -55,6 +63,7 @@ def _rows(W, G, R, rows, lr, rho, eps, l2, clip):
 _CUDA = f"""
     T gg = g; {CUDA_L2} {CUDA_CLIP}
     r = add_rn(mul_rn(r, (T)rho), mul_rn(sub_rn((T)1, (T)rho), mul_rn(gg, gg)));
+    if (r < (T)7.8886090522101181e-31) r = 0;
     w = sub_rn(w, div_rn(mul_rn(gg, (T)lr), sqrt_rn(add_rn(r, (T)eps))));
     g = 0;"""
 
