@@ -19,6 +19,42 @@ def topk_rows(a, k):
 topk_rows_ref = topk_rows
 
 
+def heap_topk_row(a, k):
+    """The original's top-k of one row (docs/ORIGINAL.md §11.2): a binary min-heap keyed on the
+    value alone is filled with the first k columns; each later column replaces the heap's
+    smallest only when strictly larger. Among equal values, which one sits at the root (and so
+    leaves first) depends on the heap's layout. Returns the kept columns in heap order."""
+    heap = []
+
+    def swap(i, j):
+        heap[i], heap[j] = heap[j], heap[i]
+
+    def sift_up(i):
+        while i > 0 and heap[i][0] < heap[(i - 1) // 2][0]:
+            swap(i, (i - 1) // 2)
+            i = (i - 1) // 2
+
+    def sift_down(i):
+        while True:
+            small = i
+            for child in (2 * i + 1, 2 * i + 2):
+                if child < len(heap) and heap[child][0] < heap[small][0]:
+                    small = child
+            if small == i:
+                return
+            swap(i, small)
+            i = small
+
+    for j in range(len(a)):
+        if j < k:
+            heap.append((float(a[j]), j))
+            sift_up(len(heap) - 1)
+        elif float(a[j]) > heap[0][0]:
+            heap[0] = (float(a[j]), j)
+            sift_down(0)
+    return [j for _, j in heap]
+
+
 def unified_scores(a):
     """Column scores of unified top-k: sum of |a| over rows, in row order, in float64,
     rounded once to float32."""
