@@ -9,7 +9,6 @@ Markdown row per configuration (runs that differ only in RandomSeed are grouped)
 sample standard deviation over seeds of the test accuracy at best dev, and of the last one.
 """
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -17,7 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from nnmnist import fsio  # noqa: E402
 from nnmnist.cli import parse_override  # noqa: E402
+from nnmnist.errors import report_errors  # noqa: E402
 from nnmnist.evaluate import evaluate_file  # noqa: E402
 
 
@@ -28,12 +29,16 @@ def mean_std(values):
 
 
 def main(argv=None):
+    return report_errors(_main, argv)
+
+
+def _main(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out", type=Path, help="a sweep's output folder (with results.json)")
     ap.add_argument("--where", action="append", default=[], metavar="Field=value",
                     help="only runs whose config has this value")
     args = ap.parse_args(argv)
-    results = json.loads((args.out / "results.json").read_text())
+    results = fsio.read_json(args.out / "results.json", "sweep results")
     where = dict(parse_override(w) for w in args.where)
     groups = {}
     for run in results["runs"]:
@@ -54,4 +59,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

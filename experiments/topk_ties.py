@@ -33,6 +33,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from nnmnist import config as config_mod  # noqa: E402
 from nnmnist.cli import parse_override  # noqa: E402
 from nnmnist.data import load_mnist  # noqa: E402
+from nnmnist.errors import report_errors  # noqa: E402
 from nnmnist.runlog import RunLog  # noqa: E402
 from nnmnist.select import TopK  # noqa: E402
 from nnmnist.training import Trainer  # noqa: E402
@@ -72,6 +73,10 @@ class CensusTopK(TopK):
 
 
 def main(argv=None):
+    return report_errors(_main, argv)
+
+
+def _main(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--minibatch", type=int, default=10)
@@ -102,4 +107,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
