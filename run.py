@@ -2,7 +2,7 @@
 import sys
 from pathlib import Path
 
-from nnmnist.cli import main
+from nnmnist.run.command import main
 
 if __name__ == "__main__":
     sys.exit(main(log_dir_default=Path(__file__).resolve().parent))

@@ -20,7 +20,7 @@ import nnmnist  # noqa: E402,F401  (its thread-runtime defaults, before NumPy lo
 
 import numpy as np  # noqa: E402
 
-from nnmnist.kernels import adam_update  # noqa: E402
+from nnmnist.optim.checked import adam_update  # noqa: E402
 
 N = 648010  # 784-500-500-10
 

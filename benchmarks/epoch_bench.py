@@ -52,9 +52,9 @@ import subprocess  # noqa: E402
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
-from nnmnist.config import Config  # noqa: E402
-from nnmnist.data import find_mnist_dir, load_mnist  # noqa: E402
-from nnmnist.training import Timer, Trainer  # noqa: E402
+from nnmnist.run.config import Config  # noqa: E402
+from nnmnist.data.mnist import find_mnist_dir, load_mnist  # noqa: E402
+from nnmnist.run.training import Timer, Trainer  # noqa: E402
 
 # The original C# program, one core, per epoch (fp, bp, update seconds): docs/ORIGINAL.md §10.
 ORIGINAL = {"mlp": (200.0, 270.0, 8.0), "mlptop k=80": (200.0, 63.0, 8.0)}

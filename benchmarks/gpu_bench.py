@@ -28,13 +28,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from nnmnist.backend import gpu_available  # noqa: E402
-from nnmnist.compute import NumpyCompute  # noqa: E402
-from nnmnist.config import Config  # noqa: E402
-from nnmnist.runlog import RunLog  # noqa: E402
-from nnmnist.training import Timer, Trainer, train_and_evaluate  # noqa: E402
+from nnmnist.backends import gpu_available  # noqa: E402
+from nnmnist.backends.cpu import NumpyCompute  # noqa: E402
+from nnmnist.run.config import Config  # noqa: E402
+from nnmnist.run.log import RunLog  # noqa: E402
+from nnmnist.run.training import Timer, Trainer, train_and_evaluate  # noqa: E402
 
-from nnmnist.data import mnist_dirs  # noqa: E402
+from nnmnist.data.mnist import mnist_dirs  # noqa: E402
 
 MNIST_DIRS = mnist_dirs()
 
@@ -84,7 +84,7 @@ class Report:
 
 def synthetic(n_trn, n_dev, n_tst, seed=0):
     """MNIST-shaped stand-in: each class lights its own block of pixels over noise."""
-    from nnmnist.data import Splits
+    from nnmnist.data.mnist import Splits
     rng = np.random.default_rng(seed)
 
     def make(n):
@@ -99,7 +99,7 @@ def synthetic(n_trn, n_dev, n_tst, seed=0):
 def load_data(smoke):
     if smoke:
         return synthetic(2000, 500, 500), "synthetic (smoke run: 2000 training examples)"
-    from nnmnist.data import load_mnist
+    from nnmnist.data.mnist import load_mnist
     for d in MNIST_DIRS:
         try:
             splits = load_mnist(Config(DataDir=str(d)), allow_fetch=False, log=lambda *a, **k: None)
@@ -433,7 +433,7 @@ def main(argv=None):
         rep.save()
         return 1
     import cupy as cp
-    from nnmnist.gpu import CupyCompute
+    from nnmnist.backends.cuda import CupyCompute
     compute = CupyCompute()
     compute.warmup()
     try:

@@ -34,8 +34,8 @@ for name in ("cupy", "torch", "pytest", "numba"):
         print(name, __import__(name).__version__)
     except Exception as exc:
         print(name, "not importable:", repr(exc))
-from nnmnist.backend import gpu_available
-print("nnmnist.backend.gpu_available():", gpu_available())
+from nnmnist.backends import gpu_available
+print("nnmnist.backends.gpu_available():", gpu_available())
 EOF
 } 2>&1 | tee "$DEST/gpu_env.txt"
 

@@ -16,7 +16,8 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_info  # noqa: E402
 
-from nnmnist.kernels import (BackwardWorkspace, adam_update, adam_update_rows,  # noqa: E402
+from nnmnist.optim.checked import adam_update, adam_update_rows  # noqa: E402
+from nnmnist.kernels import (BackwardWorkspace,  # noqa: E402
                              forced_mode, layer_backward, rows_touched, set_num_threads,
                              sparse_backward, topk_rows, warmup)
 

@@ -23,7 +23,7 @@
    moments flushed to zero beforehand (medians of 200 steps, each from the same state and
    gradient), and whether the two give the same weights.
 3. Decoding. Scoring the 10,000 test images in batches of 1,000 with the exported model
-   (`nnmnist.export`: compacted, inference only) against the unpruned 784-500-500-10 model,
+   (`nnmnist.inference.export`: compacted, inference only) against the unpruned 784-500-500-10 model,
    alternating, medians over 9 repeats; and the two models' parameter counts.
 """
 import sys
@@ -43,15 +43,15 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from nnmnist import checkpoint  # noqa: E402
-from nnmnist.config import Config, from_dict  # noqa: E402
-from nnmnist.data import find_mnist_dir, load_mnist  # noqa: E402
-from nnmnist.export import export  # noqa: E402
-from nnmnist.model import InferenceModel, load_model  # noqa: E402
-from nnmnist.runlog import RunLog  # noqa: E402
-from nnmnist.state import Position, capture, restore  # noqa: E402
-from nnmnist.tensor import Flow  # noqa: E402
-from nnmnist.training import Timer, Trainer  # noqa: E402
+from nnmnist.run import checkpoint  # noqa: E402
+from nnmnist.run.config import Config, from_dict  # noqa: E402
+from nnmnist.data.mnist import find_mnist_dir, load_mnist  # noqa: E402
+from nnmnist.inference.export import export  # noqa: E402
+from nnmnist.inference.model import InferenceModel, load_model  # noqa: E402
+from nnmnist.run.log import RunLog  # noqa: E402
+from nnmnist.run.state import Position, capture, restore  # noqa: E402
+from nnmnist.nn.tensor import Flow  # noqa: E402
+from nnmnist.run.training import Timer, Trainer  # noqa: E402
 
 MLPVAR = dict(NetType="mlpvar", TrainTop=160, Prune=0.1, TrainCycle=5)
 

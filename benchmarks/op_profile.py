@@ -19,10 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import nnmnist  # noqa: E402,F401  (thread-runtime defaults before NumPy loads)
 
 from epoch_bench import find_mnist  # noqa: E402
-from nnmnist import tensor  # noqa: E402
-from nnmnist.config import Config  # noqa: E402
+from nnmnist.nn import tensor  # noqa: E402
+from nnmnist.run.config import Config  # noqa: E402
 from nnmnist.kernels import set_num_threads  # noqa: E402
-from nnmnist.training import Timer, Trainer  # noqa: E402
+from nnmnist.run.training import Timer, Trainer  # noqa: E402
 
 
 def timed_backward(totals):

@@ -4,7 +4,7 @@ what nnmnist and the original report) against the test accuracy of the final mod
     python experiments/last_vs_best.py SWEEP_OUT [--where Field=value ...]
 
 For every finished run of a sweep's output folder, scores the run's checkpoint (`.ckpt.npz`,
-the state after the last part) on the test set with `nnmnist.evaluate`, and prints one
+the state after the last part) on the test set with `nnmnist.inference.evaluate`, and prints one
 Markdown row per configuration (runs that differ only in RandomSeed are grouped): mean ±
 sample standard deviation over seeds of the test accuracy at best dev, and of the last one.
 """
@@ -17,9 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nnmnist import fsio  # noqa: E402
-from nnmnist.cli import parse_override  # noqa: E402
+from nnmnist.run.command import parse_override  # noqa: E402
 from nnmnist.errors import report_errors  # noqa: E402
-from nnmnist.evaluate import evaluate_file  # noqa: E402
+from nnmnist.inference.evaluate import evaluate_file  # noqa: E402
 
 
 def mean_std(values):

@@ -30,13 +30,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from nnmnist import config as config_mod  # noqa: E402
-from nnmnist.cli import parse_override  # noqa: E402
-from nnmnist.data import load_mnist  # noqa: E402
+from nnmnist.run import config as config_mod  # noqa: E402
+from nnmnist.run.command import parse_override  # noqa: E402
+from nnmnist.data.mnist import load_mnist  # noqa: E402
 from nnmnist.errors import report_errors  # noqa: E402
-from nnmnist.runlog import RunLog  # noqa: E402
-from nnmnist.select import TopK  # noqa: E402
-from nnmnist.training import Trainer  # noqa: E402
+from nnmnist.run.log import RunLog  # noqa: E402
+from nnmnist.nn.select import TopK  # noqa: E402
+from nnmnist.run.training import Trainer  # noqa: E402
 from naive import heap_topk_row  # noqa: E402
 
 

@@ -13,18 +13,18 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 # The public API, imported on first use (so that `import nnmnist` and `run.py --help` stay fast):
 #   from nnmnist import Config, Network, Dense, TopK, Adam, train
 _API = {
-    "Config": "config", "load_config": ("config", "load"),
+    "Config": "run.config", "load_config": ("run.config", "load"),
     "train": "api", "meprop_backward": "api",
-    "load_mnist": "data", "RunLog": "runlog",
-    "Network": "networks", "MLP": "networks",
-    "Dense": "layers", "MaskedDense": "layers",
-    "SelectionRule": "select", "Selection": "select", "TopK": "select", "RandomK": "select",
-    "UnifiedTopK": "select", "UnifiedRandomK": "select",
+    "load_mnist": "data.mnist", "RunLog": "run.log",
+    "Network": "nn.networks", "MLP": "nn.networks",
+    "Dense": "nn.layers", "MaskedDense": "nn.layers",
+    "SelectionRule": "nn.select", "Selection": "nn.select", "TopK": "nn.select",
+    "RandomK": "nn.select", "UnifiedTopK": "nn.select", "UnifiedRandomK": "nn.select",
     "Optimizer": "optim", "SGD": "optim", "AdaGrad": "optim", "Adam": "optim",
     "RMSProp": "optim", "make_optimizer": "optim",
-    "Tensor": "tensor", "Flow": "tensor", "ParamStore": "params",
-    "get_compute": "backend", "UserError": "errors",
-    "load_model": "model",
+    "Tensor": "nn.tensor", "Flow": "nn.tensor", "ParamStore": "nn.params",
+    "get_compute": "backends", "UserError": "errors",
+    "load_model": "inference.model",
 }
 __all__ = sorted(_API)
 

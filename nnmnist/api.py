@@ -18,12 +18,12 @@ def train(config, data=None, network=None, compute=None, log=None):
     The summary (`Result`) holds best_dev, test_at_best (the test accuracy at the best dev
     accuracy), param_count, the per-part records and the summed fp/bp/update times.
     """
-    from . import config as config_mod
-    from .backend import get_compute
-    from .data import load_mnist
+    from .run import config as config_mod
+    from .backends import get_compute
+    from .data.mnist import load_mnist
     from .kernels import set_num_threads
-    from .runlog import RunLog
-    from .training import Trainer
+    from .run.log import RunLog
+    from .run.training import Trainer
     if isinstance(config, config_mod.Config):
         cfg = config_mod.validate(config)
     elif isinstance(config, dict):
@@ -56,8 +56,8 @@ def meprop_backward(x, W, dy, k, unified=False):
         >>> dx.tolist(), dW.tolist()
         ([[0.0, -3.0]], [[0.0, 0.0], [-3.0, -6.0], [0.0, 0.0]])
     """
-    from .compute import NumpyCompute
-    from .select import TopK, UnifiedTopK
+    from .backends.cpu import NumpyCompute
+    from .nn.select import TopK, UnifiedTopK
     x, W, dy = np.asarray(x), np.asarray(W), np.asarray(dy)
     if x.ndim != 2 or W.ndim != 2 or dy.shape != (x.shape[0], W.shape[0]) or W.shape[1] != x.shape[1]:
         raise ValueError(f"shapes: x {x.shape}, W {W.shape} (out, in), dy {dy.shape}: need "

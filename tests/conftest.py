@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnmnist.data import find_mnist_dir, mnist_dirs
+from nnmnist.data.mnist import find_mnist_dir, mnist_dirs
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = find_mnist_dir()
@@ -44,7 +44,7 @@ def mnist_dir():
 def plain_backward_calls(monkeypatch):
     """A list that grows by one each time a unit's backward takes the plain NumPy route
     (`NumpyCompute.meprop_relu_backward`), for checking when the fused kernels run."""
-    from nnmnist.compute import NumpyCompute
+    from nnmnist.backends.cpu import NumpyCompute
     calls = []
     plain = NumpyCompute.meprop_relu_backward
 

@@ -10,7 +10,7 @@ import pytest
 import nnmnist
 from nnmnist import (Config, Dense, MaskedDense, Network, RandomK, RunLog, TopK, UnifiedTopK,
                      get_compute, meprop_backward, train)
-from nnmnist.training import train_and_evaluate
+from nnmnist.run.training import train_and_evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 

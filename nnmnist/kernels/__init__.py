@@ -7,8 +7,6 @@ import numpy as np
 
 from ._jit import forced_mode, get_mode, set_mode
 from .fused import layer_backward, unified_backward
-from .optim import (adagrad_update, adagrad_update_rows, adam_update, adam_update_rows,
-                    rule_update, rule_update_rows, sgd_update, sgd_update_rows)
 from .sparse import BackwardWorkspace, record_hits, rows_touched, sparse_backward
 from .threads import set_num_threads
 from .topk import topk_cols_unified, topk_rows
@@ -16,21 +14,18 @@ from .topk import topk_cols_unified, topk_rows
 __all__ = [
     "topk_rows", "topk_cols_unified", "sparse_backward", "layer_backward", "unified_backward",
     "BackwardWorkspace",
-    "rows_touched", "record_hits", "sgd_update", "adagrad_update", "adam_update",
-    "sgd_update_rows", "adagrad_update_rows", "adam_update_rows", "rule_update",
-    "rule_update_rows", "set_num_threads",
+    "rows_touched", "record_hits", "set_num_threads",
     "warmup", "get_mode", "set_mode", "forced_mode",
 ]
 
 
 def warmup():
-    """Compile (or load from cache) every kernel, serial and parallel, on tiny inputs."""
-    from ..optim import RULES, optimizer_class  # the rules import this package
+    """Compile (or load from cache) every kernel here, serial and parallel, on tiny inputs (the
+    optimizer rules' loops: `nnmnist.optim.checked.warmup`)."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((3, 5)).astype(np.float32)
     x = rng.standard_normal((3, 4)).astype(np.float32)
     W = rng.standard_normal((5, 4)).astype(np.float32)
-    rows = np.array([0, 2], np.int32)
     for mode in ("serial", "parallel"):
         with forced_mode(mode):
             idx = topk_rows(a, 2)
@@ -46,9 +41,3 @@ def warmup():
                              need_dx=False, cols=idx[0])
             rows_touched(idx, 5)
             record_hits(idx, np.zeros(5, np.int64))
-            for name in RULES:  # every registered optimizer rule, dense and rows
-                rule = optimizer_class(name).rule
-                scalars = [0.1] * (len(rule.scalars) - 1) + [1.0]
-                state = [np.zeros_like(W) for _ in rule.state]
-                rule_update(name, W.copy(), np.zeros_like(W), state, scalars)
-                rule_update_rows(name, W.copy(), np.zeros_like(W), state, rows, scalars)

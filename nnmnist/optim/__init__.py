@@ -3,7 +3,7 @@
 Each rule module (`sgd`, `adagrad`, `adam`, `rmsprop`) holds everything about its rule side by
 side: the equations, the plain NumPy body, the Numba element function with its dense and row
 loops, the CUDA body, and the `Optimizer` subclass that supplies the per-step scalars. The
-backends in `nnmnist.compute` and `nnmnist.gpu` only know how to run a `Rule`.
+backends in `nnmnist.backends.cpu` and `nnmnist.backends.cuda` only know how to run a `Rule`.
 
 A new rule is one new module plus one line in `RULES`. The rule modules are imported on first
 use, so reading a config (which checks `OptType` against `RULES`) does not load Numba.

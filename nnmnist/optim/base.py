@@ -3,7 +3,7 @@
 The original applies its rules element-wise after every minibatch, with the gradient zeroed
 afterwards. A `Rule` is one such update written three ways, side by side in the rule's module:
 a NumPy body, a Numba element function (compiled into a dense loop and a row loop) and a CUDA
-body (compiled into a dense kernel and two row kernels by `nnmnist.gpu`). The row ("lazy")
+body (compiled into a dense kernel and two row kernels by `nnmnist.backends.cuda`). The row ("lazy")
 variants are derived from the same body everywhere: NumPy gathers the rows, runs the body and
 scatters them back; the Numba and CUDA row loops call the same element code.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UserError
-from ..params import ParamStore, StateDictError, check_state_keys, load_into, to_host
+from ..nn.params import ParamStore, StateDictError, check_state_keys, load_into, to_host
 
 
 @dataclass(frozen=True)
