@@ -4,7 +4,7 @@
         --data-dir ../shared/data/mnist [--runs 8] [--epochs 1] [--jobs 2] [--repeats 3]
 
 The sweep is configs/default.json with MaxEpoch = --epochs over --runs seeds. Each contender is
-the whole command as a user runs it (`python -m nnmnist.experiments.sweep SPEC --jobs N --offline`, with
+the whole command as a user runs it (`nnmnist sweep SPEC --jobs N --offline`, with
 `--executor dask` for Dask, which then starts a LocalCluster of N workers), timed from launch to
 exit, each into a fresh output folder. One untimed sweep of one run first compiles and caches
 the Numba kernels. The two alternate, and which goes first alternates between repeats, so that
@@ -42,7 +42,7 @@ def _env():
 
 
 def one_sweep(spec, out, jobs, dask):
-    cmd = [sys.executable, "-m", "nnmnist.experiments.sweep", str(spec), "--out", str(out), "--jobs", str(jobs), "--offline"]
+    cmd = [sys.executable, "-m", "nnmnist", "sweep", str(spec), "--out", str(out), "--jobs", str(jobs), "--offline"]
     if dask:
         cmd += ["--executor", "dask"]
     start = time.perf_counter()

@@ -136,3 +136,14 @@ def test_the_checker_sees_a_cycle_and_an_upward_import(tmp_path, monkeypatch):
         assert "nnmnist.nn.a -> nnmnist.run.b" in str(exc)
     else:
         raise AssertionError("the upward import was not reported")
+
+
+def test_pyproject_lists_every_package():
+    """The packages are listed by hand in pyproject.toml (the shipped configs need a mapping);
+    a package left out would be missing from a wheel."""
+    import re
+    text = (PACKAGE.parent / "pyproject.toml").read_text(encoding="utf-8")
+    listed = set(re.findall(r'"(nnmnist(?:\.\w+)*)"', text.split("packages = [", 1)[1].split("]", 1)[0]))
+    found = {module_name(p.parent / "__init__.py") for p in PACKAGE.rglob("__init__.py")}
+    assert found <= listed, f"missing from pyproject.toml: {sorted(found - listed)}"
+    assert listed - found == {"nnmnist.configs"}

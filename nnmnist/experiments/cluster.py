@@ -1,4 +1,4 @@
-"""Sweeps on a Dask cluster: `python -m nnmnist.experiments.sweep SPEC --executor dask [--scheduler tcp://HOST:PORT]`.
+"""Sweeps on a Dask cluster: `nnmnist sweep SPEC --executor dask [--scheduler tcp://HOST:PORT]`.
 
 `DaskExecutor` is a sweep `Executor` whose runs are tasks on `dask.distributed` workers, either
 of a scheduler given by address or of a `LocalCluster` it starts on loopback. Nothing is shared
@@ -153,6 +153,7 @@ def ensure_data(config_path, set_fields):
     from ..data import fetch
     from ..data.mnist import data_dir_of, resolve_data_file
     cfg = config_mod.load(config_path, set_fields)
+    tasks.use_runs_data_home()
     data_dir = data_dir_of(cfg)
     names = [getattr(cfg, f) for f in ("TrainFile", "TrainLabelFile", "TestFile", "TestLabelFile")]
     config_dir = Path(config_path).parent

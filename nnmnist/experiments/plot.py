@@ -1,7 +1,7 @@
 """Plots from the metrics files and sweep results (matplotlib is an optional extra: `pip install .[plot]`).
 
-    python -m nnmnist.experiments.plot METRICS.jsonl [MORE.jsonl ...] -o curves.png [--title T]
-    python -m nnmnist.experiments.plot k-effect OUT/results.json -o k.png [--title T] [--where Field=Value ...]
+    nnmnist plot METRICS.jsonl [MORE.jsonl ...] -o curves.png [--title T]
+    nnmnist plot k-effect OUT/results.json -o k.png [--title T] [--where Field=Value ...]
 
 The first draws training curves, one colour per file: dev accuracy (line) and test accuracy
 (markers: the test set is only evaluated when dev accuracy reaches a new best) on the left, train
@@ -232,12 +232,12 @@ def _save(plt, fig, out):
 
 # ---------------------------------------------------------------- command line
 
-def main(argv=None):
+def main(argv=None, prog="nnmnist plot"):
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if argv and argv[0] == "k-effect":
             p = argparse.ArgumentParser(
-                prog="python -m nnmnist.experiments.plot k-effect",
+                prog=f"{prog} k-effect",
                 description="Test accuracy against k (log2 axis) for top-k, random-k and a dense "
                             "network only k wide, from a sweep's results.json.")
             p.add_argument("results", help="a sweep's results.json (or its output folder)")
@@ -249,10 +249,10 @@ def main(argv=None):
             plot_k_effect(args.results, args.output, args.title, args.where)
         else:
             p = argparse.ArgumentParser(
-                prog="python -m nnmnist.experiments.plot",
+                prog=prog,
                 description="Training curves (dev/test accuracy, train/dev loss against the part "
                             "index) from runs' .jsonl metrics files into a PNG. "
-                            "`python -m nnmnist.experiments.plot k-effect results.json -o k.png` plots a "
+                            f"`{prog} k-effect results.json -o k.png` plots a "
                             "sweep's test accuracy against k.")
             p.add_argument("metrics", nargs="+", help="one or more .jsonl metrics files")
             p.add_argument("-o", "--output", required=True, help="the PNG to write")
@@ -265,6 +265,3 @@ def main(argv=None):
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

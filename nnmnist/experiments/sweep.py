@@ -1,8 +1,8 @@
 """Sweeps: run a grid of config overrides x seeds as separate `run.py` processes, and collect the results.
 
-    python -m nnmnist.experiments.sweep SPEC.json [--out DIR] [--jobs N] [--offline] [--dry-run]
+    nnmnist sweep SPEC.json [--out DIR] [--jobs N] [--offline] [--dry-run]
                             [--executor dask [--scheduler tcp://HOST:PORT] [--retries R]]
-    python -m nnmnist.experiments.sweep summarize OUT [--by NetType,TrainTop]
+    nnmnist sweep summarize OUT [--by NetType,TrainTop]
 
 A spec is a JSON object (see docs/SWEEPS.md):
 
@@ -49,7 +49,7 @@ from ..run import config as config_mod
 from .. import fsio
 from ..errors import TERMINATE_STATUS, INTERRUPT_STATUS, Terminated, UserError, report_errors
 from .tasks import (PROJECT_DIR, Executor, RunOutcome, RunTask, SweepLock, execute_run, find_summary,
-                    run_command)
+                    run_command, use_runs_data_home)
 
 SPEC_KEYS = ("base", "set", "grid", "runs", "description")
 DEFAULT_BASE = PROJECT_DIR / "configs" / "default.json"
@@ -324,6 +324,7 @@ def _prefetch(tasks, config_dir, offline):
     from ..data.mnist import data_dir_of, resolve_data_file
     if offline or fetch.is_offline():
         return
+    use_runs_data_home()
     fields = ("TrainFile", "TrainLabelFile", "TestFile", "TestLabelFile")
     seen = set()
     for t in tasks:
@@ -547,12 +548,12 @@ def _fmt_dim(x):
 
 # ---------------------------------------------------------------- command line
 
-def build_parser():
+def build_parser(prog="nnmnist sweep"):
     p = argparse.ArgumentParser(
-        prog="python -m nnmnist.experiments.sweep",
+        prog=prog,
         description="Run a sweep spec's runs as separate run.py processes (skipping finished ones) "
                     "and collect OUT/results.csv and OUT/results.json. "
-                    "`python -m nnmnist.experiments.sweep summarize OUT` prints a table of a sweep's results.")
+                    f"`{prog} summarize OUT` prints a table of a sweep's results.")
     p.add_argument("spec", help="sweep spec (JSON: base, set, grid, runs; see docs/SWEEPS.md)")
     p.add_argument("--out", help="output folder (default: sweeps/<spec name>)")
     p.add_argument("--jobs", type=int, default=None,
@@ -572,9 +573,9 @@ def build_parser():
     return p
 
 
-def build_summarize_parser():
+def build_summarize_parser(prog="nnmnist sweep"):
     p = argparse.ArgumentParser(
-        prog="python -m nnmnist.experiments.sweep summarize",
+        prog=f"{prog} summarize",
         description="Print a markdown table of a sweep's results: mean ± sample std over seeds.")
     p.add_argument("out", help="the sweep's output folder (or its results.json)")
     p.add_argument("--by", help="comma-separated fields to group by (default: the spec's grid and "
@@ -582,13 +583,13 @@ def build_summarize_parser():
     return p
 
 
-def _main(argv):
+def _main(argv, prog):
     if argv and argv[0] == "summarize":
-        args = build_summarize_parser().parse_args(argv[1:])
+        args = build_summarize_parser(prog).parse_args(argv[1:])
         by = [f.strip() for f in args.by.split(",") if f.strip()] if args.by is not None else None
         print(summarize(args.out, by))
         return 0
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     jobs = default_jobs() if args.jobs is None else args.jobs
     if jobs < 1:
         raise UserError(f"--jobs {jobs}: must be at least 1")
@@ -629,9 +630,6 @@ def _dask_options(args):
     return make
 
 
-def main(argv=None):
-    return report_errors(_main, sys.argv[1:] if argv is None else list(argv))
+def main(argv=None, prog="nnmnist sweep"):
+    return report_errors(_main, sys.argv[1:] if argv is None else list(argv), prog)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -57,10 +57,18 @@ def run_command(config_path, set_fields, log_dir, offline):
 
 
 def _entry_point():
-    """run.py beside the package, or the same entry point through -c for an installed package."""
+    """run.py of a source checkout, or the installed `nnmnist train`."""
     if RUN_PY.is_file():
         return [str(RUN_PY)]
-    return ["-c", "import sys; from nnmnist.run.command import main; sys.exit(main(sys.argv[1:]))"]
+    return ["-m", "nnmnist", "train"]
+
+
+def use_runs_data_home():
+    """Make this process look for MNIST where the runs it starts will (run.py: data/ beside it),
+    so that fetching ahead of them fills the folder they read."""
+    from ..data.mnist import use_data_beside
+    if RUN_PY.is_file():
+        use_data_beside(PROJECT_DIR)
 
 
 # ---------------------------------------------------------------- one run

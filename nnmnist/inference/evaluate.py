@@ -1,4 +1,4 @@
-"""`python -m nnmnist.inference.evaluate MODEL [--data DIR]`: score a model file on dev and test.
+"""`nnmnist evaluate MODEL [--data DIR]`: score a model file on dev and test.
 
 Prints the dev and test lines in the log's format. For a checkpoint or best-dev model the
 network is rebuilt as training built it and scored by the same code, so a `.best.npz` gives
@@ -6,7 +6,6 @@ exactly the test accuracy of its run's last `$` line and the same `tst:` loss.
 """
 import argparse
 import dataclasses
-import sys
 
 from ..run import checkpoint
 from ..errors import report_errors
@@ -53,8 +52,8 @@ def evaluate_file(path, data_dir=None, log=print, backend=None):
     return tuple(scores)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m nnmnist.inference.evaluate", description=__doc__.splitlines()[0])
+def main(argv=None, prog="nnmnist evaluate"):
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("model", help="a .ckpt.npz, .best.npz or exported model file")
     p.add_argument("--data", metavar="DIR", help="the MNIST folder (default: the run's DataDir)")
     p.add_argument("--backend", choices=("cpu", "gpu", "auto"),
@@ -62,6 +61,3 @@ def main(argv=None):
     args = p.parse_args(argv)
     return report_errors(lambda: evaluate_file(args.model, args.data, backend=args.backend) and 0)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""`python -m nnmnist.inference.export MODEL -o model.npz`: an inference-only, compacted model file.
+"""`nnmnist export MODEL -o model.npz`: an inference-only, compacted model file.
 
 MODEL is a checkpoint (`.ckpt.npz`) or a best-dev model (`.best.npz`). The export holds each
 layer's weights with pruned meSimp neurons removed, under the training network's state-dict
@@ -6,7 +6,6 @@ names (`net.{i}.W`, shape (out, in), and `net.{i}.b`), the shapes and the run's 
 no optimizer state.
 """
 import argparse
-import sys
 from pathlib import Path
 
 from ..run import checkpoint
@@ -36,8 +35,8 @@ def export(src, dest):
     return net.get("totals", net["widths"]), widths
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m nnmnist.inference.export", description=__doc__.splitlines()[0])
+def main(argv=None, prog="nnmnist export"):
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("model", help="a .ckpt.npz checkpoint or a .best.npz model")
     p.add_argument("-o", "--output", required=True, help="the exported model file (.npz)")
     args = p.parse_args(argv)
@@ -48,6 +47,3 @@ def main(argv=None):
         return 0
     return report_errors(run)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

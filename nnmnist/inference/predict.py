@@ -1,4 +1,4 @@
-"""`python -m nnmnist.inference.predict MODEL IMAGES [-o preds.csv]`: label the images of an IDX file.
+"""`nnmnist predict MODEL IMAGES [-o preds.csv]`: label the images of an IDX file.
 
 IMAGES is an IDX image file, raw or gzip, in either naming style (`t10k-images.idx3-ubyte` or
 `t10k-images-idx3-ubyte`, each with or without `.gz`). Writes a CSV with a header and one row
@@ -60,14 +60,11 @@ def predict_file(model_path, images_path, output=None):
     return labels, best
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m nnmnist.inference.predict", description=__doc__.splitlines()[0])
+def main(argv=None, prog="nnmnist predict"):
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("model", help="a .ckpt.npz, .best.npz or exported model file")
     p.add_argument("images", help="an IDX image file (raw or .gz, either naming style)")
     p.add_argument("-o", "--output", help="the CSV to write (default: standard output)")
     args = p.parse_args(argv)
     return report_errors(lambda: predict_file(args.model, args.images, args.output) and 0)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -26,18 +26,21 @@ def parse_override(text):
         raise UserError(f"--set {fsio.shorten(name)}: the value is nested too deeply") from None
 
 
-def build_parser():
+def build_parser(prog="run.py"):
+    where = "beside run.py" if prog == "run.py" else "in the current folder"
     p = argparse.ArgumentParser(
-        prog="run.py",
+        prog=prog,
         description="Train an MLP on MNIST with backprop (mlp), meProp (mlptop, mlprand) or "
-                    "meSimp (mlpvar), as the config's NetType says. The log is written beside "
-                    "run.py as {run name}-log-{timestamp}.txt.")
+                    "meSimp (mlpvar), as the config's NetType says. The log is written "
+                    f"{where} (or in LogDir) as {{run name}}-log-{{timestamp}}.txt.")
     p.add_argument("config", nargs="?", default=None,
-                   help="JSON config with the original's PascalCase fields (default: configs/default.json)")
+                   help="JSON config with the original's PascalCase fields, or the name of a "
+                        "shipped config (default, mlptop, mlprand, mlpvar, unified); default: "
+                        "the shipped default config")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
                    help="override a config field, e.g. --set MaxEpoch=1 --set NetType=mlptop")
     p.add_argument("--backend", choices=config_mod.BACKENDS, help="override the Backend field")
-    p.add_argument("--log-dir", help="folder for the log file (default: beside run.py, or LogDir)")
+    p.add_argument("--log-dir", help=f"folder for the log file (default: LogDir, else {where})")
     p.add_argument("--offline", action="store_true",
                    help="never download MNIST; a missing data file is an error")
     p.add_argument("--quiet", action="store_true", help="no console output (the log file is still written)")
@@ -48,8 +51,9 @@ def build_parser():
     return p
 
 
-def main(argv=None, log_dir_default=None):
-    args = build_parser().parse_args(argv)
+def main(argv=None, log_dir_default=None, prog="run.py"):
+    """Train (or with --resume continue) a run; logs go to LogDir, --log-dir or log_dir_default."""
+    args = build_parser(prog).parse_args(argv)
     return report_errors(run, args, log_dir_default or PROJECT_DIR) or 0
 
 
@@ -63,7 +67,7 @@ def run(args, log_dir_default):
     if args.resume:
         from .resume import resume_run
         return resume_run(args, overrides)
-    args.config = args.config or str(PROJECT_DIR / "configs" / "default.json")
+    args.config = config_mod.config_path(args.config)
     cfg = config_mod.load(args.config, overrides)
     # Imported here so that `--help` and config errors stay fast.
     from ..backends import resolve_backend

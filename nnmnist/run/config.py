@@ -6,6 +6,7 @@ Fields after the first block are extensions of ours; their defaults keep the ori
 import json
 import math
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 from .. import fsio
 from ..errors import UserError
@@ -19,9 +20,30 @@ LOSS_GRADS = ("sum", "mean")
 K_NETS = ("mlprand", "mlptop", "mlpvar")
 
 
+def shipped_configs():
+    """The folder of the configs that ship with nnmnist: inside an installed package, or the
+    configs/ folder of a source checkout."""
+    inside = Path(__file__).resolve().parents[1] / "configs"
+    return inside if inside.is_dir() else Path(__file__).resolve().parents[2] / "configs"
+
+
+def config_path(name):
+    """The config file a command line names: a path as given; a bare name that is no file here
+    but names a shipped config (`mlptop`, `mlptop.json`) is that config; none is the shipped
+    default."""
+    if not name:
+        return str(shipped_configs() / "default.json")
+    path = Path(name)
+    if not path.exists() and len(path.parts) == 1:
+        shipped = shipped_configs() / (name if name.endswith(".json") else name + ".json")
+        if shipped.is_file():
+            return str(shipped)
+    return name
+
+
 @dataclass
 class Config:
-    """One run's settings (see the README's table for each field's meaning)."""
+    """One run's settings (docs/CONFIG.md gives each field's meaning)."""
     # The original program's fields.
     ClipBound: float = 5.0
     DecayRate: float = 0.09

@@ -202,7 +202,7 @@ def test_missing_files_list_where_looked(tmp_path):
     conf = tmp_path / "configs"
     msg = raises_user_error("not found", data.load_mnist, cfg(tmp_path / "d"), config_dir=conf)
     assert str(tmp_path / "d") in msg and str(conf) in msg
-    assert "python -m nnmnist.data.mnist fetch" in msg and "NNMNIST_OFFLINE" in msg
+    assert "nnmnist fetch" in msg and "NNMNIST_OFFLINE" in msg
 
 
 def test_missing_nonstandard_name_never_fetches(tmp_path, monkeypatch):
@@ -300,31 +300,66 @@ def test_absolute_path_as_given(tmp_path):
     assert got == path
 
 
-def test_default_data_dir_is_beside_the_package():
-    # Independent of how data.py computes it: the folder named data that holds the data
+def test_checkout_data_dir_is_beside_run_py():
+    # Independent of how mnist.py computes it: the folder named data that holds the data
     # README, beside run.py and the package, in the checkout this test file belongs to.
-    assert (data.DEFAULT_DATA_DIR / "README.md").is_file()
-    assert (data.DEFAULT_DATA_DIR.parent / "run.py").is_file()
-    assert (data.DEFAULT_DATA_DIR.parent / "nnmnist" / "data" / "mnist.py").samefile(data.__file__)
-    assert data.DEFAULT_DATA_DIR == REPO / "data"
-    assert data.data_dir_of(SimpleNamespace(DataDir=None)) == REPO / "data"
+    assert (data.CHECKOUT_DATA_DIR / "README.md").is_file()
+    assert (data.CHECKOUT_DATA_DIR.parent / "run.py").is_file()
+    assert (data.CHECKOUT_DATA_DIR.parent / "nnmnist" / "data" / "mnist.py").samefile(data.__file__)
+    assert data.CHECKOUT_DATA_DIR == REPO / "data"
+
+
+@pytest.fixture
+def data_home(tmp_path, monkeypatch):
+    """A clean slate for the default data folder: no $NNMNIST_DATA, no run.py rule, an empty
+    current folder and a cache folder under tmp_path."""
+    monkeypatch.delenv(data.DATA_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "_beside", None)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return tmp_path
+
+
+def test_default_data_dir_order(data_home, monkeypatch):
+    none = SimpleNamespace(DataDir=None)
+    # 4. nothing anywhere: the per-user cache folder (where a fetch then stores)
+    assert data.default_data_dir() == data_home / "cache" / "nnmnist"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(data_home / "home"))
+    assert data.default_data_dir() == data_home / "home" / ".cache" / "nnmnist"
+    # 3. data/ in the current folder, but only once it holds the four files
+    (data_home / "work" / "data").mkdir()
+    assert data.default_data_dir() == data_home / "home" / ".cache" / "nnmnist"
+    write_set(data_home / "work" / "data", style="-", gz=True)
+    assert data.default_data_dir() == data_home / "work" / "data"
+    # run.py's rule: data/ beside it, whatever the current folder holds
+    data.use_data_beside(data_home / "checkout")
+    assert data.default_data_dir() == data_home / "checkout" / "data"
+    # 2. $NNMNIST_DATA before both
+    monkeypatch.setenv(data.DATA_ENV, str(data_home / "env"))
+    assert data.default_data_dir() == data_home / "env"
+    # 1. DataDir before everything
+    assert data.data_dir_of(none) == data_home / "env"
+    assert data.data_dir_of(SimpleNamespace(DataDir=str(data_home / "mine"))) == data_home / "mine"
 
 
 # ---------------------------------------------------------------- command line
 
 def run_cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "nnmnist.data.mnist", *args], cwd=REPO, text=True,
+    return subprocess.run([sys.executable, "-m", "nnmnist", "fetch", *args], cwd=REPO, text=True,
                           capture_output=True, timeout=120,
                           env={**os.environ, "NNMNIST_OFFLINE": "1", **(env or {})})
 
 
 def test_cli_help():
-    out = run_cli("fetch", "--help")
+    out = run_cli("--help")
     assert out.returncode == 0 and "DIR" in out.stdout
 
 
 def test_cli_user_error_is_one_line(tmp_path):
-    out = run_cli("fetch", str(tmp_path / "d"))
+    out = run_cli(str(tmp_path / "d"))
     assert out.returncode == 2
     assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1
     assert out.stderr.startswith("error: ") and "NNMNIST_OFFLINE" in out.stderr
@@ -332,7 +367,7 @@ def test_cli_user_error_is_one_line(tmp_path):
 
 def test_cli_check(tmp_path):
     write_set(tmp_path, style="-", gz=True)
-    out = run_cli("check", str(tmp_path))
+    out = run_cli("--check", str(tmp_path))
     assert "Parsed the four files" in out.stdout and "MISMATCH" in out.stdout  # synthetic data
     assert out.returncode == 1
 

@@ -186,7 +186,7 @@ def test_a_worker_killed_mid_run_is_retried_at_most_retries_times(cluster, works
 
 
 def _start_sweep(path, out):
-    return subprocess.Popen([sys.executable, "-m", "nnmnist.experiments.sweep", str(path), "--out", str(out),
+    return subprocess.Popen([sys.executable, "-m", "nnmnist", "sweep", str(path), "--out", str(out),
                              "--executor", "dask", "--jobs", "2", "--offline"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(),
                             cwd=str(REPO))
@@ -250,7 +250,7 @@ def test_a_killed_client_leaves_no_run_going_on_the_cluster(cluster, workspace):
     lc, client = cluster
     tmp, spec = workspace
     path = spec(set={"MaxEpoch": 5000}, grid={"RandomSeed": [1, 2]})  # minutes, unless stopped
-    proc = subprocess.Popen([sys.executable, "-m", "nnmnist.experiments.sweep", str(path), "--out", str(tmp / "out"),
+    proc = subprocess.Popen([sys.executable, "-m", "nnmnist", "sweep", str(path), "--out", str(tmp / "out"),
                              "--executor", "dask", "--scheduler", lc.scheduler_address, "--offline"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(), cwd=str(REPO))
     try:

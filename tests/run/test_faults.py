@@ -184,7 +184,7 @@ def test_sweep_results_write_error_is_one_line(base, tmp_path, capsys, enospc_af
 def test_sweep_on_a_full_disk_keeps_the_runs_reason(small_disk, base, tmp_path):
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"base": str(base), "set": {"MaxEpoch": 100000, "IterPerEpoch": 8}}))
-    done = subprocess.run([sys.executable, "-m", "nnmnist.experiments.sweep", str(spec), "--out", str(small_disk),
+    done = subprocess.run([sys.executable, "-m", "nnmnist", "sweep", str(spec), "--out", str(small_disk),
                            "--offline"], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode != 0
     assert "Traceback" not in done.stdout + done.stderr
@@ -319,7 +319,7 @@ def test_killed_sweep_takes_its_runs_along_and_locks_its_folder(tmp_path, base):
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"base": str(base), "set": {"MaxEpoch": 100000, "MinibatchSize": 10}}))
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "nnmnist.experiments.sweep", str(spec), "--out", str(out), "--offline"]
+    command = [sys.executable, "-m", "nnmnist", "sweep", str(spec), "--out", str(out), "--offline"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
