@@ -19,6 +19,15 @@ STEP_ARRAYS_PER_UNIT = 5
 EVAL_ARRAYS_PER_UNIT = 2
 
 
+def _n_state(cfg):
+    return len(optimizer_class(cfg.OptType).rule.state)
+
+
+# Copies of the weights held for the model files: a checkpoint's (weights and optimizer
+# state) and the best model's (weights).
+KEPT_COPIES = {"epoch": lambda cfg: 2 + _n_state(cfg), "best": lambda cfg: 1, "none": lambda cfg: 0}
+
+
 @dataclass
 class Estimate:
     """Bytes a run needs, by part."""
@@ -47,9 +56,8 @@ def estimate(cfg, n_in=MNIST_IN, n_examples=MNIST_EXAMPLES):
     """The memory a run of `cfg` needs on `n_examples` examples of `n_in` inputs."""
     sizes = widths(cfg, n_in)
     params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
-    n_state = len(optimizer_class(cfg.OptType).rule.state)
-    # a checkpoint's copy of the weights, their state and the generators, and the best model's
-    kept = {"epoch": 2 + n_state, "best": 1, "none": 0}[cfg.Checkpoint]
+    n_state = _n_state(cfg)
+    kept = KEPT_COPIES[cfg.Checkpoint](cfg)
     batch = cfg.MinibatchSize
     units = sum(sizes[1:])
     return Estimate(
@@ -157,7 +165,7 @@ def check(cfg, source, gpu=False, n_in=MNIST_IN, n_examples=MNIST_EXAMPLES, limi
         if room is not None and amount > room:
             raise UserError(f"{source}: this run needs about {size_text(amount)} of memory "
                             f"({_parts(need)}) but {what} is {size_text(max(room, 0))}; "
-                            f"{_advice(cfg, need)}")
+                            f"{_advice(cfg, need, room)}")
     return need
 
 
@@ -167,7 +175,7 @@ def _parts(need):
             f"activations {size_text(need.activations)}")
 
 
-def _advice(cfg, need):
+def _advice(cfg, need, room):
     biggest = need.biggest()
     if biggest == "activations":
         return f"lower MinibatchSize (now {cfg.MinibatchSize})"
@@ -176,6 +184,14 @@ def _advice(cfg, need):
     advice = f"lower HiddenSize (now {cfg.HiddenSize})"
     if cfg.Layers > 2:
         advice += f" or Layers (now {cfg.Layers})"
-    if need.kept:
-        advice += f", or set Checkpoint to {'best' if cfg.Checkpoint == 'epoch' else 'none'}"
+    for policy in ("best", "none"):  # fewer copies kept for the model files may be enough
+        if policy != cfg.Checkpoint and need.kept > 0 and \
+                need.total - need.kept + estimate_kept(cfg, policy, need) <= room:
+            return advice + f", or set Checkpoint to {policy}"
     return advice
+
+
+def estimate_kept(cfg, policy, need):
+    """`need.kept` had the run's Checkpoint been `policy`."""
+    per_copy = need.kept / KEPT_COPIES[cfg.Checkpoint](cfg)
+    return per_copy * KEPT_COPIES[policy](cfg)

@@ -178,6 +178,20 @@ def test_activations_past_the_limit_name_the_minibatch(tmp_path):
     memory.check(Config(), "c.json", limit=(1_000_000_000, "available memory"))  # fits
 
 
+def test_fewer_model_copies_are_advised_only_when_they_would_fit():
+    cfg = Config(HiddenSize=4000)
+    need = memory.estimate(cfg)
+    best = memory.estimate(Config(HiddenSize=4000, Checkpoint="best"))
+    none = memory.estimate(Config(HiddenSize=4000, Checkpoint="none"))
+    assert none.total < best.total < need.total and none.kept == 0
+    for room, advice in ((best.total, "set Checkpoint to best"), (none.total, "set Checkpoint to none"),
+                         (none.total - 1, None)):
+        with pytest.raises(UserError) as caught:
+            memory.check(cfg, "c.json", limit=(room, "available memory"))
+        assert str(caught.value).endswith("lower HiddenSize (now 4000) or Layers (now 3)"
+                                          + (f", or {advice}" if advice else ""))
+
+
 def test_a_typo_of_a_few_zeros_is_refused_at_once(tmp_path, base):
     logs = tmp_path / "logs"
     logs.mkdir()
