@@ -120,12 +120,11 @@ class RunLock:
 class Run:
     """One run: its Trainer, its log, the files it keeps and its lock (see the module's doc)."""
 
-    def __init__(self, trainer, log=None, files=None, lock=None, console=False):
+    def __init__(self, trainer, log=None, files=None, lock=None):
         self.trainer = trainer
         self.log = log if log is not None else RunLog(console=False)
         self.files = files or Checkpoints(trainer, None)
         self.lock = lock
-        self.console = console
 
     # -- building ----------------------------------------------------------------------------
     @classmethod
@@ -154,7 +153,7 @@ class Run:
         except BaseException:
             log.close()
             raise
-        return cls(trainer, log, Checkpoints(trainer, log.path, cfg.Checkpoint), lock, console)
+        return cls(trainer, log, Checkpoints(trainer, log.path, cfg.Checkpoint), lock)
 
     @classmethod
     def from_checkpoint(cls, path, overrides=None, console=True, offline=False):
@@ -165,6 +164,8 @@ class Run:
         path = Path(path)
         log_file = log_file_of(path)
         refuse_without_checkpoint(path, log_file)
+        if not path.is_file():
+            checkpoint.read(path)  # its one-line error: not found, a folder, ...
         lock = RunLock(log_file, path).acquire()
         try:
             return cls._from_checkpoint(path, log_file, lock, overrides, console, offline)
@@ -202,7 +203,7 @@ class Run:
             log = RunLog(log_file, console=console, append=True)
         except OSError as exc:
             raise UserError(f"cannot append to the log {log_file}: {fsio.os_reason(exc)}") from None
-        return cls(trainer, log, files, lock, console), mf
+        return cls(trainer, log, files, lock), mf
 
     # -- training ----------------------------------------------------------------------------
     def start(self):
