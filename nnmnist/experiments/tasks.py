@@ -187,11 +187,8 @@ class SweepLock:
 
 
 def _has_flock():
-    try:
-        import fcntl  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+    return importlib.util.find_spec("fcntl") is not None
 
 
 # ---------------------------------------------------------------- executors
