@@ -22,8 +22,7 @@ def train(config, data=None, network=None, compute=None, log=None):
     from .backends import get_compute
     from .data.mnist import load_mnist
     from .kernels import set_num_threads
-    from .run.log import RunLog
-    from .run.training import Trainer
+    from .run.lifecycle import train_in_memory
     if isinstance(config, config_mod.Config):
         cfg = config_mod.validate(config)
     elif isinstance(config, dict):
@@ -37,9 +36,7 @@ def train(config, data=None, network=None, compute=None, log=None):
         compute = get_compute(cfg.Backend, cfg.Kernels)
     if compute.name != "cupy":
         set_num_threads(cfg.Threads)  # as run.py does (0 restores the libraries' defaults)
-    trainer = Trainer(cfg, data, compute=compute, model=network)
-    log = log or RunLog(console=False)
-    result = trainer.train(log)
+    trainer, result = train_in_memory(cfg, data, compute=compute, model=network, log=log)
     return trainer.model, result
 
 

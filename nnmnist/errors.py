@@ -47,7 +47,8 @@ def sigterm_as_interrupt():
 def report_errors(command, *args, **kwargs):
     """Run a command function; a UserError becomes `error: ...` on stderr and its exit status
     (2, or 1 for a run that could not go on), Ctrl-C becomes `interrupted` and 130, SIGTERM
-    `terminated` and 143. Otherwise the command's own status is returned."""
+    `terminated` and 143, and a MemoryError that nothing closer handled one line and 1.
+    Otherwise the command's own status is returned."""
     try:
         with sigterm_as_interrupt():
             return command(*args, **kwargs)
@@ -60,3 +61,7 @@ def report_errors(command, *args, **kwargs):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return INTERRUPT_STATUS
+    except MemoryError:
+        print("error: out of memory; free some memory, or ask for less (a smaller HiddenSize "
+              "or MinibatchSize)", file=sys.stderr)
+        return RunError.exit_code

@@ -1,4 +1,5 @@
-"""File helpers shared by the package: atomic and whole-record writes, strict JSON, short hints.
+"""File helpers shared by the package: atomic and whole-record writes, strict JSON, short hints,
+and the PID lock files that keep one writer per folder or run.
 
 Every file is created with mode 0o666 and so follows the umask, as `open()` does.
 A failed write raises `WriteError`, one line that names the file and the system's reason.
@@ -251,3 +252,106 @@ def reserve(fd, nbytes):
 
 
 _fallocate = None
+
+
+# ---------------------------------------------------------------- locks
+
+def pid_alive(pid):
+    """True if a process with this id exists (it may belong to another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+class PidLock:
+    """An exclusive lock on `path` that holds its holder's PID, for one writer at a time.
+
+    Where fcntl exists the lock is flock() on the file: the system drops it when the holder
+    ends, however it ends, and a child given the descriptor holds it too. Elsewhere the file's
+    PID is the lock, and a lock whose process is gone is free. Either way, taking a lock whose
+    file still names another process (one that ended without releasing it) sets `taken_over`
+    to that PID, so the caller can say so. With `remove`, `release` deletes the file; the
+    inode check in `acquire` keeps that safe against a process that opened it just before.
+
+    `acquire(refuse)` calls `refuse(pid)` (pid: the holder's, or None if not yet written) when
+    another process holds the lock; `refuse` raises. An OSError is a WriteError naming `path`.
+    """
+
+    def __init__(self, path, remove=False):
+        self.path, self.remove = Path(path), remove
+        self.fd = None
+        self.taken_over = None
+
+    def holder(self):
+        """The PID written in the lock file, or None."""
+        try:
+            text = self.path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return int(text) if text.isdigit() else None
+
+    def acquire(self, refuse):
+        try:
+            import fcntl
+        except ImportError:
+            fcntl = None
+        try:
+            previous = self._lock_flock(fcntl, refuse) if fcntl else self._lock_pidfile(refuse)
+            if previous is not None and previous != os.getpid():
+                self.taken_over = previous
+            os.ftruncate(self.fd, 0)
+            write_all(self.fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:
+            self._close()
+            raise WriteError(self.path, exc) from None
+        except BaseException:
+            self._close()
+            raise
+        return self
+
+    def _lock_flock(self, fcntl, refuse):
+        while True:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._close()
+                refuse(self.holder())
+                raise
+            try:  # the file a releasing holder removed is not the lock any more: open it again
+                same = os.path.samestat(os.fstat(self.fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                return self.holder()
+            self._close()
+
+    def _lock_pidfile(self, refuse):
+        owner = self.holder()
+        if owner is not None and owner != os.getpid() and pid_alive(owner):
+            refuse(owner)
+            raise BlockingIOError
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        return owner
+
+    def _close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def release(self):
+        """Give the lock up (and, with `remove`, delete its file while still holding it)."""
+        if self.fd is None:
+            return
+        if self.remove:
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
+        self._close()

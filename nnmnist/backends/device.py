@@ -44,3 +44,13 @@ def to_numpy(a):
     if cupy is not None and isinstance(a, cupy.ndarray):
         return cupy.asnumpy(a)
     return np.asarray(a)
+
+
+def memory_free():
+    """Free bytes on the current CUDA device, or None without one."""
+    if not gpu_available():
+        return None
+    try:
+        return int(cupy.cuda.runtime.memGetInfo()[0])
+    except Exception:  # pragma: no cover - depends on the machine
+        return None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .. import fsio
 from ..errors import UserError
-from ..run.procs import PARENT_ENV, pid_alive
+from ..run.procs import PARENT_ENV
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 RUN_PY = PROJECT_DIR / "run.py"
@@ -151,18 +151,21 @@ STDERR_RESERVE = 16384  # bytes of disk set aside for each run's stderr.txt
 
 
 class SweepLock:
-    """OUT/.sweep.lock: an exclusive lock held by a sweep and the runs it starts, with the
-    sweep's PID in the file. A second sweep on the same folder refuses while any of them lives.
-
-    Where fcntl exists the lock is flock() on the file, inherited by the runs; elsewhere the
-    file holds the PID and a lock whose process is gone is taken over."""
+    """OUT/.sweep.lock: an exclusive lock (`fsio.PidLock`) held by a sweep and the runs it
+    starts, with the sweep's PID in the file. A second sweep on the same folder refuses while
+    any of them lives. The runs inherit the locked descriptor; the file stays when the sweep
+    ends (unlinking it under a live run would void the run's share of the lock)."""
 
     NAME = ".sweep.lock"
     _held = []  # descriptors of the locks this process holds (the runs inherit them)
 
     def __init__(self, out):
         self.path = Path(out) / self.NAME
-        self.fd = None
+        self._lock = fsio.PidLock(self.path)
+
+    @property
+    def fd(self):
+        return self._lock.fd
 
     @classmethod
     def held_fds(cls):
@@ -173,55 +176,27 @@ class SweepLock:
         raise UserError(f"{self.path.parent} is in use by {who} or by runs it started; "
                         "wait for them to end, or use another --out")
 
-    def _owner(self):
-        try:
-            text = self.path.read_text(encoding="utf-8").strip()
-        except OSError:
-            return None
-        return int(text) if text.isdigit() else None
-
     def acquire(self):
-        try:
-            import fcntl
-        except ImportError:
-            fcntl = None
-        try:
-            if fcntl is None:
-                owner = self._owner()
-                if owner is not None and owner != os.getpid() and pid_alive(owner):
-                    self._refuse(owner)
-                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-            else:
-                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-                try:
-                    fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    os.close(self.fd)
-                    self.fd = None
-                    self._refuse(self._owner())
-            os.ftruncate(self.fd, 0)
-            fsio.write_all(self.fd, f"{os.getpid()}\n".encode())
-        except OSError as exc:
-            if self.fd is not None:
-                os.close(self.fd)
-                self.fd = None
-            raise fsio.WriteError(self.path, exc) from None
-        if fcntl is not None:  # only a flock is shared through inherited descriptors
-            SweepLock._held.append(self.fd)
+        self._lock.acquire(self._refuse)
+        if _has_flock():  # only a flock is shared through inherited descriptors
+            SweepLock._held.append(self._lock.fd)
         return self
 
     def release(self):
-        if self.fd is not None:
-            if self.fd in SweepLock._held:
-                SweepLock._held.remove(self.fd)
-            os.close(self.fd)  # the file stays: unlinking it under a live run would void its lock
-            self.fd = None
+        if self._lock.fd in SweepLock._held:
+            SweepLock._held.remove(self._lock.fd)
+        self._lock.release()
 
     def __enter__(self):
         return self.acquire()
 
     def __exit__(self, *exc):
         self.release()
+
+
+def _has_flock():
+    import importlib.util
+    return importlib.util.find_spec("fcntl") is not None
 
 
 # ---------------------------------------------------------------- executors

@@ -42,11 +42,11 @@ KINDS = ("checkpoint", "best", "export")
 SHAPE_FIELDS = ("NetType", "OptType", "Layers", "HiddenSize", "LabelCount", "IterPerEpoch",
                 "Compact", "TrainFile", "TrainLabelFile")
 # The fields a resumed run may change: how long it trains, where and with how many threads it
-# computes, where it finds its data, and whether it stops on divergence. Any other field (the
-# seed, the learning rate, k, ...) would make the continuation a different run than the one
-# the log and the checkpoint describe, so changing it is refused too.
+# computes, where it finds its data, whether it stops on divergence and which files it keeps.
+# Any other field (the seed, the learning rate, k, ...) would make the continuation a
+# different run than the one the log and the checkpoint describe, so changing it is refused.
 RESUME_FIELDS = ("MaxEpoch", "Backend", "Kernels", "Threads", "DataDir", "LogDir",
-                 "AllowDivergence")
+                 "AllowDivergence", "Checkpoint")
 DATA_FILES = ("TrainFile", "TrainLabelFile", "TestFile", "TestLabelFile")
 
 
@@ -67,8 +67,9 @@ def best_path(log_file):
 
 
 def to_host(a):
-    """A NumPy copy of a NumPy or CuPy array."""
-    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.array(a)
+    """A NumPy array of a NumPy or CuPy array (a NumPy array as it is: no copy, so that writing
+    a checkpoint does not hold its state twice)."""
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
 
 
 def flatten(prefix, state):

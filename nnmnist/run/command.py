@@ -1,14 +1,12 @@
-"""`python run.py [CONFIG]`: parse, load, train, with one-line errors for user mistakes."""
+"""`python run.py [CONFIG]`: parse the command line and start or resume the run
+(`lifecycle`), with one-line errors for user mistakes."""
 import argparse
 import json
-import os
-import sys
 from pathlib import Path
 
 from . import config as config_mod
 from .. import fsio
 from ..errors import UserError, report_errors
-from .procs import apply_threads, quiet_overflow
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 
@@ -58,48 +56,23 @@ def main(argv=None, log_dir_default=None, prog="run.py"):
 
 
 def run(args, log_dir_default):
-    """Load and check everything that can fail on user input before the log file is created."""
+    """Start or resume the run the command line asks for (`lifecycle`): everything that can
+    fail on user input is checked before the log file is created or a checkpoint touched."""
     from .procs import die_with_parent
     die_with_parent()  # a run started by a sweep ends with it
     overrides = dict(parse_override(t) for t in args.overrides)
     if args.backend:
         overrides["Backend"] = args.backend
-    if args.resume:
-        from .resume import resume_run
-        return resume_run(args, overrides)
-    args.config = config_mod.config_path(args.config)
-    cfg = config_mod.load(args.config, overrides)
     # Imported here so that `--help` and config errors stay fast.
-    from ..backends import resolve_backend
-    from ..data.mnist import load_mnist
-    from .log import open_run_log
-    from .training import Trainer
-    backend = resolve_backend(cfg.Backend)  # "auto" becomes "cpu" or "gpu" here, once
-    for note in cfg.ignored_settings(backend):
-        print(f"warning: {args.config}: {note}", file=sys.stderr)
-    apply_threads(cfg, backend, args.config)
-    log_dir = Path(args.log_dir or cfg.LogDir or log_dir_default)
-    if not log_dir.is_dir():
-        raise UserError(f"log folder {log_dir} (LogDir / --log-dir) does not exist")
+    from . import lifecycle
     console = not args.quiet
-    splits = load_mnist(cfg, config_dir=Path(args.config).resolve().parent,
-                        allow_fetch=False if args.offline else None,
-                        log=print if console else (lambda *a, **k: None))
-    try:  # the model exists before the log file, so a failure here leaves no file behind
-        trainer = Trainer(cfg, splits)
-    except MemoryError:
-        raise UserError(f"{args.config}: not enough memory for this network "
-                        f"(HiddenSize = {cfg.HiddenSize}, Layers = {cfg.Layers})") from None
-    try:
-        log = open_run_log(log_dir, cfg.run_name(), console=console)
-    except OSError as exc:
-        raise UserError(f"cannot write a log in {log_dir}: {fsio.os_reason(exc)}") from None
-    from .checkpoint import best_path, checkpoint_path
-    trainer.checkpoint_file, trainer.best_file = checkpoint_path(log.path), best_path(log.path)
-    trainer.config_dir = str(Path(args.config).resolve().parent)
-    from ..data.mnist import data_dir_of
-    trainer.work_dir, trainer.data_dir = os.getcwd(), os.path.abspath(data_dir_of(cfg))
-    with log, quiet_overflow():
-        trainer.train(log)
-        if console:
-            print(f"log written to {log.path}", file=sys.stderr)
+    if args.resume:
+        if args.config:
+            raise UserError(f"{args.config}: a config file cannot be given with --resume "
+                            "(the checkpoint holds its config; use --set to change a field)")
+        lifecycle.resume_run(args.resume, overrides, console=console, offline=args.offline)
+        return 0
+    config = config_mod.config_path(args.config)
+    lifecycle.start_run(config, overrides, log_dir=args.log_dir, log_dir_default=log_dir_default,
+                        console=console, offline=args.offline)
+    return 0

@@ -17,6 +17,7 @@ OPT_TYPES = tuple(OPT_RULES)  # the optimizer registry's names
 BACKENDS = ("cpu", "gpu", "auto")
 KERNELS = ("numba", "numpy")
 LOSS_GRADS = ("sum", "mean")
+CHECKPOINTS = ("epoch", "best", "none")  # what a run keeps on disk besides its log
 K_NETS = ("mlprand", "mlptop", "mlpvar")
 
 
@@ -80,6 +81,7 @@ class Config:
     RmsDecay: float = 0.9        # rmsprop's decay rho of the average of g^2 (only rmsprop uses it)
     LossGrad: str = "sum"        # gradient of the minibatch's summed loss (the original) or its mean
     DenseWarmup: int = 0         # mlptop/mlprand: back-propagate densely for the first this many steps
+    Checkpoint: str = "epoch"    # epoch: checkpoint and best model; best: the best model; none: neither
 
     @property
     def uses_k(self):
@@ -126,7 +128,7 @@ FIELD_TYPES = {f.name: f.type for f in fields(Config)}
 # The original read its JSON with case-insensitive names and enum values; so do we.
 _BY_LOWER = {name.lower(): name for name in FIELD_TYPES}
 _CHOICES = {"NetType": NET_TYPES, "OptType": OPT_TYPES, "Backend": BACKENDS, "Kernels": KERNELS,
-            "LossGrad": LOSS_GRADS}
+            "LossGrad": LOSS_GRADS, "Checkpoint": CHECKPOINTS}
 _OPTIONAL_PATHS = ("DataDir", "LogDir")  # null means "the default place"
 
 
@@ -225,6 +227,8 @@ def validate(cfg, source="config"):
     _check(c.Kernels in KERNELS, source, "Kernels", c.Kernels, f"must be one of {', '.join(KERNELS)}")
     _check(c.Threads >= 0, source, "Threads", c.Threads, "must be >= 0 (0 = library default)")
     _check(c.LossGrad in LOSS_GRADS, source, "LossGrad", c.LossGrad, f"must be one of {', '.join(LOSS_GRADS)}")
+    _check(c.Checkpoint in CHECKPOINTS, source, "Checkpoint", c.Checkpoint,
+           f"must be one of {', '.join(CHECKPOINTS)}")
     _check(c.DenseWarmup >= 0, source, "DenseWarmup", c.DenseWarmup, "must be >= 0 (0 = no warm-up)")
     _check(c.DenseWarmup == 0 or c.NetType != "mlpvar", source, "DenseWarmup", c.DenseWarmup,
            "must be 0 for mlpvar (meSimp counts its hits from the first step)")

@@ -12,19 +12,6 @@ PARENT_ENV = "NNMNIST_PARENT_PID"  # set by a sweep for its runs
 _PR_SET_PDEATHSIG = 1
 
 
-def pid_alive(pid):
-    """True if a process with this id exists (it may belong to another user)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
-
-
 def die_with_parent(parent_pid=None, poll_seconds=1.0):
     """Arrange for SIGTERM to reach this process when its parent (`parent_pid`, default
     $NNMNIST_PARENT_PID; nothing if neither is given) ends, however it ends.

@@ -7,11 +7,11 @@ import numpy as np
 
 from ..backends import get_compute
 from ..nn.compact import compact
-from ..errors import RunError, UserError, interrupt_name
+from ..errors import RunError, UserError
 from ..nn.networks import MLP
 from ..optim import make_optimizer
 from .log import RunLog
-from .state import Position, capture, data_places, network_arrays, network_meta, restore
+from .state import Position
 from ..nn.tensor import Flow
 
 RULE = "#" * 20
@@ -45,6 +45,27 @@ def part_bounds(n, parts):
         bounds.append((start, size))
         start += size
     return bounds
+
+
+class Diverged(RunError):
+    """The training loss became NaN, infinite or huge: the run cannot go on (exit status 1)."""
+
+
+class KeepNothing:
+    """What a Trainer keeps at part boundaries with no run's files attached: nothing (the
+    run's own are `lifecycle.Checkpoints`)."""
+
+    def notes(self):
+        return []
+
+    def keep(self, epoch, part, timer, total):
+        pass
+
+    def keep_best(self):
+        pass
+
+    def write(self):
+        pass
 
 
 @dataclass
@@ -127,87 +148,37 @@ class Trainer:
         self.order = np.arange(len(splits.trn_y))
         self.result = Result(param_count=self.model.param_count)
         self.position = None          # where a resumed run continues (state.Position)
-        self.checkpoint_file = None   # where to keep the checkpoint (None: keep none)
-        self.best_file = None         # where to keep the best-dev model (None: keep none)
+        self.files = KeepNothing()    # what is kept at part boundaries (lifecycle.Checkpoints)
         self.config_dir = None        # the config's folder, stored so a resume finds the data
         self.work_dir = None          # the folder the run started in (relative data paths)
         self.data_dir = None          # DataDir as an absolute folder
-        self._snapshot = self._best = None
         self.at = None  # "epoch E part P" while training
 
-    def train(self, log):
-        """Log the header, train for MaxEpoch epochs and log the end; return the Result."""
-        self.log = log
-        self.compute.warmup()
-        log_header(self.cfg, self, log)
-        log.record({"type": "start", "run_name": self.cfg.run_name(), "seed": self.seed})
-        log(f"{RULE} Run Start")
-        try:
-            result = self.run()
-        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM raised as errors.Terminated
-            self.mark_stop("interrupted", f"interrupted by {interrupt_name(exc)} "
-                                          f"during {self.at or 'the start'}")
-            raise
+    def train(self, log, position=None):
+        """Log the header (or, continuing from a checkpoint's `position`, the resume line),
+        train to MaxEpoch and log the end; return the Result. Files and stops are the run's
+        (`lifecycle.Run`)."""
+        from .warm import compile_for
+        self.log, self.position = log, position
+        compile_for(self.cfg, self.compute)  # nothing left to do when the run compiled them
+        if position is None:
+            log_header(self.cfg, self, log)
+            log.record({"type": "start", "run_name": self.cfg.run_name(), "seed": self.seed})
+            for line in self.files.notes():
+                log(line)
+            log(f"{RULE} Run Start")
+        else:
+            log.record({"type": "resume", "run_name": self.cfg.run_name(), "seed": self.seed,
+                        "epoch": position.epoch, "part": position.part})
+            log(f"{RULE} Run Resume at {position.epoch:02d}:{position.part:02d}")
+            for line in self.files.notes():
+                log(line)
+        result = self._run()
         log(f"{RULE} Run End")
         return result
-
-    def resume(self, log, model_file):
-        """Continue a checkpoint's run to MaxEpoch, appending to its log; return the Result."""
-        self.position = restore(self, model_file)
-        self.log = log
-        self.compute.warmup()
-        p = self.position
-        log.record({"type": "resume", "run_name": self.cfg.run_name(), "seed": self.seed,
-                    "epoch": p.epoch, "part": p.part})
-        log(f"{RULE} Run Resume at {p.epoch:02d}:{p.part:02d}")
-        try:
-            result = self.run()
-        except KeyboardInterrupt as exc:  # as in `train`: the log says where it stopped
-            self.mark_stop("interrupted", f"interrupted by {interrupt_name(exc)} "
-                                          f"during {self.at or 'the start'}")
-            raise
-        log(f"{RULE} Run End")
-        return result
-
-    def keep(self, epoch, part, timer, total):
-        """Remember the state at a part boundary (the next part is `part` of `epoch`)."""
-        if self.checkpoint_file is None:
-            return
-        t = lambda x: [x.fp, x.bp, x.update]  # noqa: E731
-        meta, arrays = capture(self, Position(epoch, part, t(timer), t(total)))
-        meta["log"] = self.log.mark()  # where the log and .jsonl stand: a resume cuts back to it
-        self._snapshot = meta, arrays
-
-    def keep_best(self):
-        if self.best_file is not None:
-            self._best = ({"network": network_meta(self.model), "train": data_places(self)},
-                          network_arrays(self.model))
-
-    def write_files(self):
-        """Write the remembered checkpoint and, if it changed, the best-dev model."""
-        from .checkpoint import config_meta, save
-        from ..fsio import os_reason
-        files = [(self.checkpoint_file, "checkpoint", self._snapshot), (self.best_file, "best", self._best)]
-        for path, kind, kept in files:
-            if kept is None:
-                continue
-            try:
-                save(path, kind, {**config_meta(self.cfg), **kept[0]}, kept[1])
-            except OSError as exc:
-                raise RunError(f"{path}: cannot write the {kind} file ({os_reason(exc)})") from None
-        self._best = None
-
-    def mark_stop(self, why, reason):
-        """Note in the log and the metrics that the run stopped early, and why. A log that can
-        no longer be written (the disk that stopped the run) is left as it is."""
-        try:
-            self.log(f"Run stopped: {reason}")
-            self.log.record(summary_record(self.cfg, self.result, self, stopped=why, reason=reason))
-        except UserError:
-            pass
 
     def check_divergence(self, epoch, part, trn):
-        """Stop the run (RunError) on a NaN, infinite or huge training loss, unless AllowDivergence;
+        """Stop the run (Diverged) on a NaN, infinite or huge training loss, unless AllowDivergence;
         the part's training line is logged first."""
         cfg, loss = self.cfg, trn.loss
         if cfg.AllowDivergence or (math.isfinite(loss) and loss <= DIVERGED_LOSS):
@@ -220,8 +191,7 @@ class Trainer:
         reason = (f"training diverged at epoch {epoch} part {part}: the training loss is {what}; "
                   f"{cause}; lower LearningRate" + (" or set ClipBound > 0" if cfg.ClipBound <= 0 else "")
                   + " (AllowDivergence = true trains on regardless)")
-        self.mark_stop("diverged", reason)
-        raise RunError(reason)
+        raise Diverged(reason)
 
     def train_part(self, idx, timer, desc, dense_steps=0):
         """Train on the examples `idx` (in order) in minibatches; return the part's Score. The
@@ -261,20 +231,11 @@ class Trainer:
         loss, correct = float(loss), int(correct)
         return Score(loss / max(n_batches, 1), correct, len(idx), clock() - start)
 
-    def run(self):
-        """The whole run, logging as the original does; returns a Result. On an interrupt the
-        state at the last part boundary is written, so only the part in progress is lost."""
-        try:
-            return self._run()
-        except KeyboardInterrupt:
-            self.write_files()
-            raise
-
     def _run(self):
         cfg, log, res = self.cfg, self.log, self.result
         pos = self.position or Position()
         total = Timer(*pos.total_time)
-        self.keep(pos.epoch, pos.part, Timer(*pos.epoch_time), total)
+        self.files.keep(pos.epoch, pos.part, Timer(*pos.epoch_time), total)
         for epoch in range(pos.epoch, cfg.MaxEpoch):
             resumed = epoch == pos.epoch and pos.part > 0  # keeps the order it was shuffled into
             if not resumed:
@@ -300,7 +261,7 @@ class Trainer:
                     res.best_dev, res.test_at_best = dev.acc, tst.acc
                     log(f"\t tst: {tst.line()}")
                     log(f"$ {res.best_dev:.2f} | {res.test_at_best:.2f}")
-                    self.keep_best()
+                    self.files.keep_best()
                 pruned = False
                 if cfg.NetType == "mlpvar":
                     # Two separate rules: Prepare at the end of every cycle; prune after every
@@ -316,12 +277,12 @@ class Trainer:
                 record = part_record(epoch, part, trn, dev, tst, res, part_timer, self.model, pruned)
                 res.parts.append(record)
                 log.record(record)
-                self.keep(epoch, part + 1, timer, total)
+                self.files.keep(epoch, part + 1, timer, total)
             log(f"Time: fp: {timer.fp:.2f}s, bp: {timer.bp:.2f}s, update: {timer.update:.2f}s")
             res.epoch_times.append(timer)
             total.add(timer)
-            self.keep(epoch + 1, 0, Timer(), total)
-            self.write_files()
+            self.files.keep(epoch + 1, 0, Timer(), total)
+            self.files.write()
         n = cfg.MaxEpoch
         log(f"AvgTime: fp: {total.fp / n:.2f}s, bp: {total.bp / n:.2f}s, update:{total.update / n:.2f}s")
         res.total = total
@@ -380,5 +341,6 @@ def log_header(cfg, trainer, log):
 
 
 def train_and_evaluate(cfg, splits, log, compute=None):
-    """Build the model, then log the header, train and log the end; return the Result."""
+    """Build the model, then log the header, train and log the end; return the Result (no
+    files, no stop handling: `lifecycle.Run` adds those)."""
     return Trainer(cfg, splits, compute).train(log)

@@ -9,6 +9,7 @@ import pytest
 from nnmnist.run import checkpoint
 from nnmnist.run.config import NET_TYPES, OPT_TYPES, Config
 from nnmnist.errors import UserError
+from nnmnist.run.lifecycle import Checkpoints, Run
 from nnmnist.run.log import RunLog
 from nnmnist.run.training import Trainer
 
@@ -43,11 +44,17 @@ class Interrupt:
         trainer.train_part = train_part
 
 
+def keeping(trainer, log, ckpt=None, best=None):
+    """A Run of `trainer` writing `log` and keeping its checkpoint and best model at these paths."""
+    files = Checkpoints(trainer)
+    files.checkpoint, files.best = ckpt, best
+    return Run(trainer, log, files)
+
+
 def full_run(cfg, splits, tmp_path):
     t = Trainer(cfg, splits)
-    t.checkpoint_file, t.best_file = tmp_path / "full.ckpt.npz", tmp_path / "full.best.npz"
     log = RunLog(console=False)
-    t.train(log)
+    keeping(t, log, tmp_path / "full.ckpt.npz", tmp_path / "full.best.npz").start()
     return log
 
 
@@ -55,16 +62,14 @@ def interrupted_run(cfg, splits, tmp_path, at):
     """Train, interrupt at the start of part `at`, resume from the checkpoint; both logs."""
     ckpt = tmp_path / f"cut{at}.ckpt.npz"
     t = Trainer(cfg, splits)
-    t.checkpoint_file, t.best_file = ckpt, tmp_path / f"cut{at}.best.npz"
     Interrupt(t, at)
     first = RunLog(console=False)
     with pytest.raises(KeyboardInterrupt):
-        t.train(first)
+        keeping(t, first, ckpt, tmp_path / f"cut{at}.best.npz").start()
     mf = checkpoint.read(ckpt, kinds=("checkpoint",))
     t2 = Trainer(cfg, splits)
-    t2.checkpoint_file, t2.best_file = ckpt, tmp_path / f"cut{at}.best.npz"
     second = RunLog(console=False)
-    t2.resume(second, mf)
+    keeping(t2, second, ckpt, tmp_path / f"cut{at}.best.npz").resume(mf)
     return first, second, t2
 
 
@@ -127,10 +132,9 @@ def test_interrupt_before_the_first_part_leaves_a_fresh_start(tmp_path, tiny_spl
     cfg = tiny_cfg(NetType="mlptop")
     ckpt = tmp_path / "c.ckpt.npz"
     t = Trainer(cfg, tiny_splits)
-    t.checkpoint_file = ckpt
     Interrupt(t, 0)
     with pytest.raises(KeyboardInterrupt):
-        t.train(RunLog(console=False))
+        keeping(t, RunLog(console=False), ckpt).start()
     mf = checkpoint.read(ckpt)
     assert (mf.meta["train"]["epoch"], mf.meta["train"]["part"]) == (0, 0)
     fresh = Trainer(cfg, tiny_splits)
@@ -308,7 +312,6 @@ def test_resume_after_a_hard_kill_writes_each_part_once(tmp_path, tiny_splits):
         t.train(full)
     t = Trainer(cfg, tiny_splits)
     ckpt, log_file = tmp_path / "cut.ckpt.npz", tmp_path / "cut.txt"
-    t.checkpoint_file, t.best_file = ckpt, tmp_path / "cut.best.npz"
     real, calls = t.train_part, []
 
     def train_part(*args, **kwargs):  # killed while training epoch 1 part 1
@@ -318,15 +321,14 @@ def test_resume_after_a_hard_kill_writes_each_part_once(tmp_path, tiny_splits):
         return real(*args, **kwargs)
     t.train_part = train_part
     with pytest.raises(Killed), RunLog(log_file, console=False) as first:
-        t.train(first)
+        keeping(t, first, ckpt, tmp_path / "cut.best.npz").start()
     assert any(line.startswith("01:00: ") for line in log_file.read_text().splitlines())
     mf = checkpoint.read(ckpt, kinds=("checkpoint",))
     assert (mf.meta["train"]["epoch"], mf.meta["train"]["part"]) == (1, 0)
     cut_back(mf, log_file)
     t2 = Trainer(cfg, tiny_splits)
-    t2.checkpoint_file, t2.best_file = ckpt, tmp_path / "cut.best.npz"
     with RunLog(log_file, console=False, append=True) as second:
-        t2.resume(second, mf)
+        keeping(t2, second, ckpt, tmp_path / "cut.best.npz").resume(mf)
     assert without_times(log_file.read_text().splitlines()) == \
         without_times((tmp_path / "full.txt").read_text().splitlines())
     records = [json.loads(x) for x in metrics_path(log_file).read_text().splitlines()]
@@ -343,9 +345,8 @@ def test_a_log_that_changed_since_the_checkpoint_is_not_cut(tmp_path, tiny_split
     cfg = tiny_cfg(NetType="mlp", MaxEpoch=1)
     t = Trainer(cfg, tiny_splits)
     ckpt, log_file = tmp_path / "r.ckpt.npz", tmp_path / "r.txt"
-    t.checkpoint_file = ckpt
     with RunLog(log_file, console=False) as log:
-        t.train(log)
+        keeping(t, log, ckpt).start()
     mf = checkpoint.read(ckpt)
     text = log_file.read_text()
     log_file.write_text("edited\n" + text[7:])  # same length, another first line
