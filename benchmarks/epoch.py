@@ -37,12 +37,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402  (imports nothing of nnmnist: a worker picks its first import)
 
-if sys.argv[1:2] == ["--worker"] and json.loads(sys.argv[2]).get("case", "").startswith("PyTorch"):
+SPEC = json.loads(sys.argv[2]) if sys.argv[1:2] == ["--worker"] else {}
+if SPEC.get("case", "").startswith("PyTorch"):
     import torch  # noqa: F401  (PyTorch's own thread runtime first, as its users get it)
 else:
-    sys.path.insert(0, str(harness.REPO))
+    # this checkout's nnmnist, or in an A/B the git revision's checkout
+    sys.path.insert(0, SPEC.get("checkout") or str(harness.REPO))
     import nnmnist  # noqa: F401  (nnmnist's thread-runtime defaults, before NumPy loads)
 
+import contextlib  # noqa: E402
 import importlib.util  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
@@ -51,6 +54,7 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+import types  # noqa: E402
 from collections import defaultdict  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -88,20 +92,23 @@ def worker(spec):
     kind = spec.get("kind", "epoch")
     if kind == "cold":
         return cold_start_one(spec)
-    splits = harness.load_splits()
+    splits = harness.load_splits(spec.get("data"))
+    now = time.thread_time if spec.get("clock") == "cpu" else time.perf_counter
     if spec["case"].startswith("PyTorch"):
         import torch
         torch.set_num_threads(spec["threads"])
         k = int(spec["case"].split("k=")[1]) if "meProp" in spec["case"] else None
         return torch_epoch(splits, spec["minibatch"], spec.get("hidden", 500),
-                           spec.get("examples", 0), k)
+                           spec.get("examples", 0), k, now)
     from nnmnist.kernels import set_num_threads
+    from nnmnist.run import training
     set_num_threads(spec["threads"])
+    training.time = types.SimpleNamespace(perf_counter=now)  # the clock of the log's Timer
     trainer = make_trainer(spec, splits)
     if kind == "late":
         return late_epochs(trainer, spec["epochs"])
     if kind == "step":
-        return step_profile(trainer, spec["examples"] // spec["minibatch"])
+        return step_profile(trainer, spec["examples"] // spec["minibatch"], spec["clock"])
     return ours_epoch(trainer, spec.get("examples", 0))
 
 
@@ -137,7 +144,7 @@ def late_epochs(trainer, epochs):
     return out
 
 
-def torch_epoch(splits, minibatch, hidden=500, examples=0, k=None):
+def torch_epoch(splits, minibatch, hidden=500, examples=0, k=None, now=time.perf_counter):
     """The same MLP as a PyTorch user writes it: nn.Linear layers, summed cross-entropy,
     gradients clipped to +-5 (`clip_grad_value_`), Adam, `zero_grad(set_to_none=True)`.
 
@@ -179,22 +186,31 @@ def torch_epoch(splits, minibatch, hidden=500, examples=0, k=None):
         if step == len(warm):
             cpu = time.process_time()
         xb, yb = x_all[rows], y_all[rows]
-        t0 = time.perf_counter()
+        t0 = now()
         loss = nn.functional.cross_entropy(model(xb), yb, reduction="sum")
-        t1 = time.perf_counter()
+        t1 = now()
         loss.backward()
-        t2 = time.perf_counter()
+        t2 = now()
         nn.utils.clip_grad_value_(model.parameters(), 5.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        t3 = time.perf_counter()
+        t3 = now()
         if step >= len(warm):
             fp, bp, update = fp + t1 - t0, bp + t2 - t1, update + t3 - t2
     return dict(fp=fp, bp=bp, update=update, cpu=time.process_time() - cpu)
 
 
-def epoch_spec(case, threads, minibatch, hidden=500, examples=0):
-    return dict(case=case, threads=threads, minibatch=minibatch, hidden=hidden, examples=examples)
+BASE_MARK = " @"
+
+
+def epoch_spec(case, threads, minibatch, hidden=500, examples=0, checkouts=None, clock="wall"):
+    """A worker's spec; a case named 'CASE @REV' runs with the nnmnist of `checkouts[REV]`."""
+    spec = dict(case=case, threads=threads, minibatch=minibatch, hidden=hidden,
+                examples=examples, data=str(harness.mnist_dir()), clock=clock)
+    if BASE_MARK in case:
+        spec["case"], rev = case.split(BASE_MARK)
+        spec["checkout"] = str(checkouts[rev])
+    return spec
 
 
 def measure_epoch(spec):
@@ -232,6 +248,28 @@ def mode_table(args):
     if not HAVE_TORCH:
         cases = [c for c in cases if not c.startswith("PyTorch")]
     before = extra_header()
+    with contextlib.ExitStack() as stack:
+        checkouts = {}
+        if args.base:
+            checkouts[args.base] = stack.enter_context(harness.checkout(args.base))
+            cases = [c for case in cases for c in (
+                [f"{case}{BASE_MARK}{args.base}", case] if not case.startswith("PyTorch") else [case])]
+            before.append(f"- 'CASE @{args.base}': the case with nnmnist as of git revision "
+                          f"{args.base}; the others: this checkout")
+        rows, raw = table_rows(args, cases, checkouts)
+    print_header(before)
+    scaled = (f", each measured on the first {args.examples} examples of the shuffled epoch and "
+              f"scaled to {EPOCH}" if args.examples else "")
+    print(f"medians of {args.repeats}{scaled}; fp, bp and update by the {args.clock} clock, CPU s: "
+          "the process's CPU seconds over the timed epoch\n")
+    print(harness.table(["threads", "minibatch", "case", "fp s", "bp s", "update s", "epoch s",
+                         "CPU s", "/ PyTorch dense", "bp gain vs mlp", "faster than C#",
+                         "epoch / base"], rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(raw, indent=1))
+
+
+def table_rows(args, cases, checkouts):
     spinner = None
     if args.busy:  # a second job on the machine: one core kept busy
         spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
@@ -239,8 +277,15 @@ def mode_table(args):
     for threads in [int(t) for t in args.threads.split(",")]:
         for mb in [int(m) for m in args.minibatch.split(",")]:
             samples = harness.alternate(cases, args.repeats, lambda name: measure_epoch(
-                epoch_spec(name, threads, mb)))
-            med = {name: with_total(m) for name, m in harness.medians(samples).items()}
+                epoch_spec(name, threads, mb, examples=args.examples, checkouts=checkouts,
+                           clock=args.clock)))
+            scale = EPOCH / args.examples if args.examples else 1.0
+            med = {name: with_total({part: scale * m[part] for part in ("fp", "bp", "update", "cpu")})
+                   for name, m in harness.medians(samples).items()}
+            for name in med:
+                if BASE_MARK not in name and f"{name}{BASE_MARK}{args.base}" in med:
+                    base = med[f"{name}{BASE_MARK}{args.base}"]
+                    med[name]["vs base"] = med[name]["epoch"] / base["epoch"]
             torch_total = med.get("PyTorch dense", {}).get("epoch")
             dense_bp = med["mlp"]["bp"] if "mlp" in med else None
             for name, t in med.items():
@@ -250,16 +295,12 @@ def mode_table(args):
                              f"{t['update']:.2f}", f"{t['epoch']:.2f}", f"{t['cpu']:.2f}",
                              f"{t['epoch'] / torch_total:.2f}x" if torch_total else "—",
                              f"{dense_bp / t['bp']:.1f}x" if dense_bp and ours else "—",
-                             f"{sum(orig) / t['epoch']:.0f}x" if orig and mb == 100 else "—"])
+                             f"{sum(orig) / t['epoch']:.0f}x" if orig and mb == 100 else "—",
+                             f"{t['vs base']:.3f}" if "vs base" in t else "—"])
                 raw.append(dict(threads=threads, minibatch=mb, case=name, **t))
     if spinner is not None:
         spinner.kill()
-    print_header(before)
-    print(f"medians of {args.repeats}\n")
-    print(harness.table(["threads", "minibatch", "case", "fp s", "bp s", "update s", "epoch s",
-                         "CPU s", "/ PyTorch dense", "bp gain vs mlp", "faster than C#"], rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps(raw, indent=1))
+    return rows, raw
 
 
 # -- width ------------------------------------------------------------------------------------
@@ -281,7 +322,7 @@ def mode_width(args):
     med = {}
     for w in widths:
         samples = harness.alternate(names, args.repeats, lambda name: measure_epoch(
-            epoch_spec(name, args.threads, args.minibatch, w, args.examples)))
+            epoch_spec(name, args.threads, args.minibatch, w, args.examples, clock=args.clock)))
         for name, m in harness.medians(samples).items():
             med[(w, name)] = with_total({part: scale * m[part] for part in ("fp", "bp", "update")})
     print_header(before)
@@ -349,11 +390,18 @@ def plot_width(widths, names, med, args):
 
 
 # -- step: a per-op profile of one training step ----------------------------------------------
-def step_profile(trainer, steps):
+def step_profile(trainer, steps, clock="wall"):
     """Microseconds a step: fp, bp, update and the rest of the loop, and each op's forward and
-    backward (ops wrapped with timers; the wrapping adds its own small cost to each op)."""
+    backward (ops wrapped with timers; the wrapping adds its own small cost to each op). With
+    clock "cpu" every timer reads this thread's CPU time instead of the wall clock: other jobs
+    on the machine then inflate the figures less."""
+    import types
     from nnmnist.nn import ops, tensor
+    from nnmnist.run import training
     from nnmnist.run.training import Timer
+    now = time.thread_time if clock == "cpu" else time.perf_counter
+    training_time = training.time
+    training.time = types.SimpleNamespace(perf_counter=now)
     totals = defaultdict(float)
     originals = {}
     for name in ("matmul", "meprop_matmul", "meprop_relu_unit", "add_bias", "relu", "mask",
@@ -361,27 +409,28 @@ def step_profile(trainer, steps):
         fn = originals[name] = getattr(ops, name)
 
         def timed(*a, _fn=fn, _name=name, **kw):
-            t0 = time.perf_counter()
+            t0 = now()
             out = _fn(*a, **kw)
-            totals[f"forward {_name}"] += time.perf_counter() - t0
+            totals[f"forward {_name}"] += now() - t0
             return out
         setattr(ops, name, timed)
     plain_backward = tensor.Flow.backward
 
     def backward(flow):
         for fn in reversed(flow._tape):
-            t0 = time.perf_counter()
+            t0 = now()
             fn()
-            totals[f"backward {fn.__qualname__.split('.')[0]}"] += time.perf_counter() - t0
+            totals[f"backward {fn.__qualname__.split('.')[0]}"] += now() - t0
         flow._tape.clear()
     tensor.Flow.backward = backward
     rows = trainer.order[:steps * trainer.cfg.MinibatchSize]
     try:
         timer = Timer()
-        start = time.perf_counter()
+        start = now()
         trainer.train_part(rows, timer, "profile")
-        wall = time.perf_counter() - start
+        wall = now() - start
     finally:
+        training.time = training_time
         tensor.Flow.backward = plain_backward
         for name, fn in originals.items():
             setattr(ops, name, fn)
@@ -398,11 +447,11 @@ def mode_step(args):
     before = extra_header()
     samples = harness.alternate(cases, args.repeats, lambda name: harness.measure(SCRIPT, dict(
         kind="step", case=name, threads=args.threads, minibatch=args.minibatch,
-        hidden=args.hidden, examples=args.examples)))
+        hidden=args.hidden, examples=args.examples, clock=args.clock)))
     med = harness.medians(samples)
     print_header(before)
     print(f"{args.examples // args.minibatch} steps of minibatch {args.minibatch} per "
-          f"measurement; microseconds a step, medians of {args.repeats}\n")
+          f"measurement; microseconds a step ({args.clock} clock), medians of {args.repeats}\n")
     keys = list(dict.fromkeys(k for m in med.values() for k in m))
     order = ["fp"] + sorted(k for k in keys if k.startswith("forward")) + ["bp"] + \
         sorted(k for k in keys if k.startswith("backward")) + ["update", "rest of the loop"]
@@ -588,6 +637,10 @@ MODES = {"table": mode_table, "width": mode_width, "step": mode_step, "ab": mode
 def add_arguments(mode, p):
     if mode in ("table", "width", "step", "late"):
         p.add_argument("--repeats", type=int, default=3)
+    if mode in ("table", "width"):
+        p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                       help="the clock of fp, bp and update; cpu: the thread's CPU time, "
+                            "which other jobs on a shared machine inflate less")
     if mode == "table":
         p.add_argument("--threads", default="1", help="comma-separated thread counts")
         p.add_argument("--minibatch", default="100,10", help="comma-separated minibatch sizes")
@@ -595,8 +648,12 @@ def add_arguments(mode, p):
                        "mlp, mlptop/mlprand/mlpvar/unified k=N [lazy], PyTorch dense, "
                        "PyTorch meProp k=N")
         p.add_argument("--json", help="also write the medians to this file")
+        p.add_argument("--examples", type=int, default=0,
+                       help="time the first N examples of the epoch and scale to 55,000 (0: all)")
         p.add_argument("--busy", action="store_true",
                        help="keep one core busy with a spinning process while measuring")
+        p.add_argument("--base", help="also measure each nnmnist case with the package as of "
+                                      "this git revision (an A/B in the same alternation)")
     elif mode == "width":
         p.add_argument("--widths", default="500,1000,2000,4000")
         p.add_argument("--ks", default="20,80")
@@ -614,6 +671,8 @@ def add_arguments(mode, p):
         p.add_argument("--examples", type=int, default=20000, help="training examples timed")
         p.add_argument("--hidden", type=int, default=500, help="HiddenSize")
         p.add_argument("--threads", type=int, default=1)
+        p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                       help="cpu: this thread's CPU time (less inflated by other jobs)")
     elif mode == "ab":
         p.add_argument("--base", default="HEAD~1", help="git revision of the A side")
         p.add_argument("--repeats", type=int, default=3)

@@ -161,10 +161,13 @@ def mnist_dir():
     return Path(find_mnist_dir() or REPO / "data").resolve()
 
 
-def load_splits():
+def load_splits(data_dir=None):
+    """MNIST's splits from `data_dir` (default: `mnist_dir()`), with whichever nnmnist this
+    process imported (this checkout's, or a git revision's in an A/B)."""
     from nnmnist.data.mnist import load_mnist
     from nnmnist.run.config import Config
-    return load_mnist(Config(DataDir=str(mnist_dir())), allow_fetch=True, log=lambda *a: None)
+    return load_mnist(Config(DataDir=str(data_dir or mnist_dir())), allow_fetch=True,
+                      log=lambda *a: None)
 
 
 @contextlib.contextmanager

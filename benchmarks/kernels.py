@@ -358,24 +358,32 @@ def two_passes(bits, floor, cols):
     return total
 
 
+CLOCK = {"wall": time.perf_counter, "cpu": time.thread_time}
+clock = CLOCK["wall"]
+
+
 def median_time(fn, rounds, inner=1):
     fn()
     out = []
     for _ in range(rounds):
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in range(inner):
             fn()
-        out.append((time.perf_counter() - t0) / inner)
+        out.append((clock() - t0) / inner)
     return statistics.median(out)
 
 
 def mode_bounds(args):
     """What this machine allows: GEMM rate, row-read bound, bandwidth, top-k floor, step floors."""
+    global clock
+    clock = CLOCK[args.clock]
     K.set_num_threads(1)
     K.warmup()
-    print_header([f"- one thread; medians of {args.rounds}"])
+    print_header([f"- one thread; medians of {args.rounds}; {args.clock} clock"])
     rng = np.random.default_rng(0)
     R = args.rounds
+    if args.only == "step":
+        return step_floors(rng, R)
 
     print("\n1. BLAS GEMM (float32), GMAC/s")
     for m, k, n, what in ((100, 500, 784, "dx of 784->500 (dy @ W)"),
@@ -435,6 +443,64 @@ def mode_bounds(args):
         out = np.empty((100, k), np.int32)
         t = median_time(lambda: K.topk_rows(a, k, out=out), R, 5)
         print(f"  topk_rows k={k}: {t * 1e6 / 100:.2f}")
+    step_floors(rng, R)
+
+
+@numba.njit(cache=True)
+def _empty(*args):
+    return 0
+
+
+def step_floors(rng, R):
+    """The fixed costs of one minibatch-10 step of the default 784-500-500-10 network, each
+    timed alone: what no arrangement of the step's Python can go below."""
+    print("\n5. floors of one minibatch-10 step (784-500-500-10), us")
+    x = rng.random((10, 784)).astype(np.float32)
+    W1 = rng.standard_normal((500, 784)).astype(np.float32)
+    W2 = rng.standard_normal((500, 500)).astype(np.float32)
+    W3 = rng.standard_normal((10, 500)).astype(np.float32)
+    h = rng.random((10, 500)).astype(np.float32)
+    dy = rng.standard_normal((10, 500)).astype(np.float32)
+    dW1 = np.zeros_like(W1)
+    arrays = (x, W1, W2, W3, h, dy, dW1, x, W1, W2, W3, h, dy, dW1, x)
+    _empty()
+    _empty(*arrays)
+    print(f"  an empty compiled call: no arguments {median_time(_empty, R, 200) * 1e6:.2f}, "
+          f"15 array arguments {median_time(lambda: _empty(*arrays), R, 200) * 1e6:.2f}")
+    print(f"  an empty NumPy call (np.add of two 10x500): "
+          f"{median_time(lambda: np.add(h, dy, out=h), R, 200) * 1e6:.2f}")
+    fwd = [median_time(lambda W=W, a=a: W @ a.T, R, 20) for W, a in ((W1, x), (W2, h), (W3, h))]
+    print(f"  forward products (W @ x.T): 784->500 {fwd[0] * 1e6:.0f}, 500->500 "
+          f"{fwd[1] * 1e6:.0f}, 500->10 {fwd[2] * 1e6:.0f}; all three {sum(fwd) * 1e6:.0f}")
+    bwd = [median_time(lambda: dy @ W2, R, 20), median_time(lambda: dy.T @ h, R, 20),
+           median_time(lambda: np.matmul(dy.T, x, out=dW1), R, 20)]
+    print(f"  dense backward products: dx 500->500 {bwd[0] * 1e6:.0f}, dW 500->500 "
+          f"{bwd[1] * 1e6:.0f}, dW 784->500 into its buffer {bwd[2] * 1e6:.0f}")
+    n = 648010
+    w, g, m, v = (rng.standard_normal(n).astype(np.float32) * 1e-3 for _ in range(4))
+    v = np.abs(v)
+    t_adam = median_time(lambda: adam_update(w, g, m, v, 1e-3, 0.0, 5.0), R, 5)
+    big = [np.empty(n, np.float32) for _ in range(4)]
+    t_copy = median_time(lambda: [np.copyto(b, a) for a, b in zip((w, g, m, v), big)], R, 5)
+    nbytes = 8 * 4 * n
+    print(f"  Adam's exact update over {n:,} parameters (4 arrays read and written): "
+          f"{t_adam * 1e6:.0f} ({nbytes / t_adam / 1e9:.1f} GB/s); copying the same 4 arrays "
+          f"{t_copy * 1e6:.0f} ({nbytes / t_copy / 1e9:.1f} GB/s)")
+    W1, G1, M1, V1 = (a[:500 * 784].reshape(500, 784) for a in (w, g, m, v))
+    rows = np.sort(rng.choice(500, 180, replace=False)).astype(np.int32)
+    t_rows = median_time(lambda: adam_update_rows(W1, G1, M1, V1, rows, 1e-3, 0.0, 5.0), R, 5)
+    print(f"  Adam on 180 rows of 784 (the rows one step of k=20 touches in the first layer): "
+          f"{t_rows * 1e6:.0f}")
+    ws = BackwardWorkspace(10, 20, 500)
+    g10 = np.empty((10, 500), np.float32)
+    db = np.zeros(500, np.float32)
+    dW2 = np.zeros_like(W2)
+    for n_in, xx, WW, dW, dx in ((784, x, W1, dW1, False), (500, h, W2, dW2, True)):
+        def unit():
+            np.copyto(g10, dy)
+            K.layer_backward(g10, h, xx, WW, 20, db, dW, need_dx=dx, workspace=ws)
+        print(f"  a meProp unit's backward, k=20, {n_in}->500, dx={dx}: "
+              f"{median_time(unit, R, 20) * 1e6:.0f} with its rows in cache")
 
 
 # == dispatch ==
@@ -540,6 +606,10 @@ def add_arguments(mode, p):
         p.add_argument("--threads", type=int, default=1)
     elif mode == "bounds":
         p.add_argument("--rounds", type=int, default=9)
+        p.add_argument("--only", choices=("all", "step"), default="all",
+                       help="step: only the floors of one minibatch-10 step")
+        p.add_argument("--clock", choices=tuple(CLOCK), default="wall",
+                       help="cpu: this thread's CPU time (less inflated by other jobs)")
     elif mode == "dispatch":
         p.add_argument("--threads", type=int, default=1)
         p.add_argument("--widths", default="500,1000,2000")
