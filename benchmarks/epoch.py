@@ -76,15 +76,21 @@ def case_fields(name):
     """Config fields of a case name: a network type ('mlp', 'mlptop', 'mlprand', 'mlpvar' or
     'unified', which is mlptop with Unified), then 'k=N' and 'lazy' (LazyUpdate) as needed."""
     words = name.split()
+    if not words or words[0] not in NETS:
+        harness.fail(f"--cases: {name!r} does not start with one of {', '.join(NETS)} "
+                     "(or name a PyTorch case)")
     fields = dict(NetType="mlptop", Unified=True) if words[0] == "unified" else dict(NetType=words[0])
     for w in words[1:]:
-        if w.startswith("k="):
+        if w.startswith("k=") and w[2:].isdigit() and int(w[2:]) > 0:
             fields["TrainTop"] = int(w[2:])
         elif w == "lazy":
             fields["LazyUpdate"] = True
         else:
-            raise SystemExit(f"error: unknown word {w!r} in case {name!r}")
+            harness.fail(f"--cases: {w!r} in {name!r} is neither k=N (N > 0) nor 'lazy'")
     return fields
+
+
+NETS = ("mlp", "mlptop", "mlprand", "mlpvar", "unified")
 
 
 # -- workers (each in a fresh process) --------------------------------------------------------
@@ -242,7 +248,9 @@ def mode_table(args):
     """One epoch of each case at each minibatch size and thread count, against PyTorch."""
     cases = [c for c in CASES + TORCH_CASES if not args.cases or c in args.cases.split(",")]
     unknown = set(args.cases.split(",")) - set(CASES + TORCH_CASES) if args.cases else set()
-    for name in unknown:
+    for name in sorted(unknown):
+        if name.startswith("PyTorch"):
+            harness.fail(f"--cases: unknown PyTorch case {name!r} (known: {', '.join(TORCH_CASES)})")
         case_fields(name)  # rejects a malformed name; a well-formed one is measured too
         cases.append(name)
     if not HAVE_TORCH:
@@ -261,7 +269,8 @@ def mode_table(args):
     scaled = (f", each measured on the first {args.examples} examples of the shuffled epoch and "
               f"scaled to {EPOCH}" if args.examples else "")
     print(f"medians of {args.repeats}{scaled}; fp, bp and update by the {args.clock} clock, CPU s: "
-          "the process's CPU seconds over the timed epoch\n")
+          "the process's CPU seconds over the timed epoch; epoch / base: the median over the "
+          "repeats of this checkout's epoch over the base's in the same repeat\n")
     print(harness.table(["threads", "minibatch", "case", "fp s", "bp s", "update s", "epoch s",
                          "CPU s", "/ PyTorch dense", "bp gain vs mlp", "faster than C#",
                          "epoch / base"], rows))
@@ -282,10 +291,13 @@ def table_rows(args, cases, checkouts):
             scale = EPOCH / args.examples if args.examples else 1.0
             med = {name: with_total({part: scale * m[part] for part in ("fp", "bp", "update", "cpu")})
                    for name, m in harness.medians(samples).items()}
-            for name in med:
-                if BASE_MARK not in name and f"{name}{BASE_MARK}{args.base}" in med:
-                    base = med[f"{name}{BASE_MARK}{args.base}"]
-                    med[name]["vs base"] = med[name]["epoch"] / base["epoch"]
+            for name in med:  # the A/B: the median of the ratios within each repeat
+                base = f"{name}{BASE_MARK}{args.base}"
+                if BASE_MARK not in name and base in samples:
+                    med[name]["vs base"] = statistics.median(
+                        sum(a[p] for p in ("fp", "bp", "update")) /
+                        sum(b[p] for p in ("fp", "bp", "update"))
+                        for a, b in zip(samples[name], samples[base]))
             torch_total = med.get("PyTorch dense", {}).get("epoch")
             dense_bp = med["mlp"]["bp"] if "mlp" in med else None
             for name, t in med.items():
@@ -444,6 +456,8 @@ def step_profile(trainer, steps, clock="wall"):
 def mode_step(args):
     """Where one training step's microseconds go: each op's forward and backward, the update."""
     cases = args.cases.split(",")
+    for name in cases:
+        case_fields(name)  # one line and exit 2 for a malformed name, before any measuring
     before = extra_header()
     samples = harness.alternate(cases, args.repeats, lambda name: harness.measure(SCRIPT, dict(
         kind="step", case=name, threads=args.threads, minibatch=args.minibatch,
@@ -521,6 +535,7 @@ def mode_ab(args):
 # -- late: several epochs of one run ----------------------------------------------------------
 def mode_late(args):
     """Backprop time over several epochs of one run: does it stay flat as training goes on?"""
+    case_fields(args.case)
     before = extra_header()
     out = harness.measure(SCRIPT, dict(kind="late", case=args.case, threads=args.threads,
                                        minibatch=args.minibatch, epochs=args.epochs))

@@ -35,6 +35,12 @@ THREAD_VARS = ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")
 USER_THREAD_ENV = {name: os.environ.get(name) for name in THREAD_VARS}
 
 
+def fail(message):
+    """A user's mistake: one line on stderr, exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def worker_env(torch=False, extra=None):
     """A worker's environment: this checkout first on the path; for a PyTorch worker, the
     thread settings the user had before importing nnmnist (PyTorch as its users run it)."""
