@@ -22,7 +22,7 @@ CACHE = os.environ.get("NNMNIST_NUMBA_CACHE", "1") != "0"
 # different callers, and the fused backward must equal the separate kernels bit for bit.
 FASTMATH = False
 # Below this many multiply-adds (or equivalent) a kernel runs serially: waking the thread
-# pool costs more than it saves (measured with `python benchmarks/kernel_bench.py` on 2 cores;
+# pool costs more than it saves (measured with `python benchmarks/kernels.py each` on 2 cores;
 # e.g. sparse_backward at B=10, in=500, k=20 is 1e5 and faster serially).
 PARALLEL_MIN_WORK = 1 << 17
 # NumPy's error model: a float division by zero gives inf/nan instead of raising. Python's

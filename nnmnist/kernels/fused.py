@@ -59,7 +59,7 @@ def _layer_backward(g, out, x, W, k, select, idx, db, dW, dx, hits, ptr, rows, c
 
 # The call has three parallel loops, and each wakes the sleeping thread pool (roughly 50 us
 # on the 2-core test machine), so it runs in parallel only from a batch of 32 and 8M
-# multiply-adds (above the kernels' general PARALLEL_MIN_WORK). `benchmarks/epoch_bench.py`
+# multiply-adds (above the kernels' general PARALLEL_MIN_WORK). `benchmarks/epoch.py table`
 # with 2 threads, backprop an epoch, before this rule (parallel from PARALLEL_MIN_WORK) and
 # with it: mlptop k=20, minibatch 10: 2.95 s against 0.68 s; minibatch 100: 0.44 s against
 # 0.29 s; mlptop k=80 at minibatch 100 (its first layer still parallel): 0.6 s both.
@@ -78,7 +78,7 @@ def _work(batch, k, n_in, n_out):
 # products run as BLAS on dy with the other entries zeroed, exactly as the plain NumPy path
 # computes them: a native BLAS does several times the multiply-adds per second of the
 # per-example gathers. Measured with one thread, minibatch 100 (`python
-# benchmarks/dispatch_bench.py`): the sparse kernels stay ahead up to about 0.4 while the
+# benchmarks/kernels.py dispatch`): the sparse kernels stay ahead up to about 0.4 while the
 # weights fit the 2 MB L2 cache (784 -> 500, 500 -> 500) or no dx is wanted (784 -> 2000),
 # but only up to about 0.2 when dx must gather rows of a larger weight matrix (2000 -> 2000).
 DENSE_FROM = 0.4

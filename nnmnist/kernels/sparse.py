@@ -58,7 +58,7 @@ def _by_neuron(idx, ptr, rows):
 # Both loops take eight source rows per sweep of the destination row (then four, then one):
 # an eighth of the destination loads and stores of one-row-at-a-time axpys. Each element
 # adds its products one after the other, each as one fused multiply-add, so the result is the
-# same in every caller, vectorised or not. `benchmarks/kernel_ab.py --only sparse` measures
+# same in every caller, vectorised or not. `benchmarks/kernels.py ab --only sparse` measures
 # this against the former four rows without FMA.
 
 @inline_kernel

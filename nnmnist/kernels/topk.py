@@ -23,9 +23,9 @@ pass that LLVM vectorises or a short loop:
    copies of T, so the output comes out ascending, ties resolved to the lower column.
 
 About 0.6-0.9 us a row of 500 on this project's shared 2-core test machine, 1.2-1.4x faster
-than without the estimate, and 2.5x on rows of 2000 (`benchmarks/kernel_ab.py`); a plain
+than without the estimate, and 2.5x on rows of 2000 (`benchmarks/kernels.py ab`); a plain
 radix select took 2-4 us and np.argpartition plus a sort about 4 us
-(`benchmarks/kernel_bench.py`).
+(`benchmarks/kernels.py each`).
 """
 import numpy as np
 from numba import prange

@@ -11,10 +11,31 @@ def accumulate(t, g):
     """Add `g` into t's gradient (taking ownership of `g` when t has none yet)."""
     if not t.requires_grad:
         return
+    t._zero_grad = None  # written below, so no longer known to be zero
     if t._grad is None:
         t._grad = g
     else:
         t._grad += g
+
+
+def add_product(t, a, b, xp):
+    """t's gradient += a @ b, written straight into the buffer when it holds only zeros (as
+    after every optimizer step): 0 + p is p, so the numbers are the same, without the
+    temporary product and the pass that adds it."""
+    g = t.zero_grad_to_overwrite()
+    if g is None:
+        t.grad += a @ b
+    else:
+        xp.matmul(a, b, out=g)
+
+
+def add_column_sums(t, dy):
+    """t's gradient += dy summed over the minibatch (into the buffer when it holds zeros)."""
+    g = t.zero_grad_to_overwrite()
+    if g is None:
+        t.grad += dy.sum(axis=0)
+    else:
+        dy.sum(axis=0, out=g)
 
 
 def matmul(flow, x, W, compute):
@@ -25,7 +46,7 @@ def matmul(flow, x, W, compute):
         dy = y.grad
         if x.requires_grad:
             accumulate(x, dy @ W.value)
-        W.grad += dy.T @ x.value
+        add_product(W, dy.T, x.value, compute.xp)
     flow.record(backward)
     return y
 
@@ -91,7 +112,7 @@ def add_bias(flow, h, b):
 
     def backward():
         dy = y.grad
-        b.grad += dy.sum(axis=0)
+        add_column_sums(b, dy)
         accumulate(h, dy)
     flow.record(backward)
     return y

@@ -9,6 +9,7 @@ class Tensor:
         self.name = name
         self.requires_grad = requires_grad
         self._grad = None
+        self._zero_grad = None   # the gradient buffer while it is known to hold only zeros
         self.state = {}          # views of the optimizer's state (m, v, h, ...), keyed by name
         self.store = None        # the ParamStore whose buffers `value` and the gradient view
 
@@ -21,11 +22,23 @@ class Tensor:
         """The gradient buffer, allocated as zeros on first use and reused afterwards."""
         if self._grad is None:
             self._grad = self.value * 0
+        self._zero_grad = None  # whoever holds the buffer may write into it
         return self._grad
 
     @grad.setter
     def grad(self, g):
         self._grad = g
+
+    def zeroed(self):
+        """Note that the gradient buffer holds only zeros (an optimizer step just zeroed it)."""
+        self._zero_grad = self._grad
+
+    def zero_grad_to_overwrite(self):
+        """The gradient buffer if it is known to hold only zeros, else None; a caller given
+        the buffer writes its gradient into it instead of adding (the same numbers, without
+        a temporary and a pass to add it). Any use of `grad` ends the knowledge."""
+        g, self._zero_grad = self._zero_grad, None
+        return g if g is not None and g is self._grad else None
 
 
 class Flow:

@@ -9,7 +9,7 @@ The step counter t survives "Prepare" (which zeroes m and v), as in the original
 
 One addition: an m of magnitude below 2^-100 (about 7.9e-31) is stored as 0. Under meProp most
 rows get no gradient in a step, so their m shrinks by 0.9 a step into float32's denormal range,
-where the CPU computes 9-13x more slowly (`benchmarks/denormal_bench.py`). Such an m moves w
+where the CPU computes 9-13x more slowly (`benchmarks/kernels.py denormal`). Such an m moves w
 by under lr_t 1e-22, far below float32's resolution of any weight the network holds, so the
 weights are the same (docs/ORIGINAL.md §11.7). v decays more slowly (by 0.999 a step) and gets
 there after some 60,000 idle steps (about 11 epochs at minibatch 10), so a v below 2^-106 is

@@ -140,19 +140,35 @@ class Optimizer:
         self._begin_step()
         views = self.state_views()
         c, rule, scalars = self.compute, self.rule, self.scalars()
-        if not self.lazy:
-            store = self.store  # one fused pass over every parameter
+        store = self.store
+        if not self.lazy:  # one fused pass over every parameter
             c.update(rule, store.value, store.grad, list(self.state.flat.values()), scalars)
         else:
             selections = selections or {}
-            for p, state in zip(self.store.params, views):
-                states = [state[name] for name in rule.state]
+            dense_from = None  # the first of a run of parameters without a selection
+            for i, (p, state) in enumerate(zip(store.params, views)):
                 selection = selections.get(p)
                 if selection is None:
-                    c.update(rule, p.value, p.grad, states, scalars)
-                else:
-                    rows = selection.rows(c, p.shape[0])
-                    c.update_rows(rule, p.value, p.grad, states, rows, scalars)
+                    dense_from = i if dense_from is None else dense_from
+                    continue
+                if dense_from is not None:
+                    self._update_run(dense_from, i, scalars)
+                    dense_from = None
+                rows = selection.rows(c, p.shape[0])
+                c.update_rows(rule, p.value, p._grad, [state[name] for name in rule.state],
+                              rows, scalars)
+            if dense_from is not None:
+                self._update_run(dense_from, len(store.params), scalars)
+        for p in store.params:  # every gradient is zero again (a lazy step zeroes what it
+            p.zeroed()          # visits; the rest received none)
+
+    def _update_run(self, first, end, scalars):
+        """The dense update of the store's parameters first..end-1, as one call over their
+        adjacent flat slices."""
+        store = self.store
+        a, b = store.offsets[first], store.offsets[end]
+        self.compute.update(self.rule, store.value[a:b], store.grad[a:b],
+                            [flat[a:b] for flat in self.state.flat.values()], scalars)
 
     def _begin_step(self):
         """Per-step values (learning-rate schedules, bias corrections)."""

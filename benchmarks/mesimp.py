@@ -1,6 +1,6 @@
 """meSimp compaction: what a pruned network costs to train and to use, against the full one.
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/mesimp_bench.py \\
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/mesimp.py \\
         [--checkpoint RUN.ckpt.npz] [--repeats 3] [--threads 1]
 
 1. Training. An epoch (55,000 examples; fp + bp + update, evaluation not timed) of three
@@ -25,18 +25,21 @@
 3. Decoding. Scoring the 10,000 test images in batches of 1,000 with the exported model
    (`nnmnist.inference.export`: compacted, inference only) against the unpruned 784-500-500-10 model,
    alternating, medians over 9 repeats; and the two models' parameter counts.
+
+The contenders share this script's process (the meSimp network is trained or loaded once),
+alternating within each repeat, the order reversed every other repeat (`harness.alternate`).
 """
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+sys.path.insert(0, str(harness.REPO))
 
 import nnmnist  # noqa: E402,F401  (sets the thread runtimes' wait policy before NumPy loads)
 
 import argparse  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -45,7 +48,6 @@ import numpy as np  # noqa: E402
 
 from nnmnist.run import checkpoint  # noqa: E402
 from nnmnist.run.config import Config, from_dict  # noqa: E402
-from nnmnist.data.mnist import find_mnist_dir, load_mnist  # noqa: E402
 from nnmnist.inference.export import export  # noqa: E402
 from nnmnist.inference.model import InferenceModel, load_model  # noqa: E402
 from nnmnist.run.log import RunLog  # noqa: E402
@@ -54,11 +56,6 @@ from nnmnist.nn.tensor import Flow  # noqa: E402
 from nnmnist.run.training import Timer, Trainer  # noqa: E402
 
 MLPVAR = dict(NetType="mlpvar", TrainTop=160, Prune=0.1, TrainCycle=5)
-
-
-def splits_of_mnist():
-    data_dir = find_mnist_dir() or REPO / "data"
-    return load_mnist(Config(DataDir=str(data_dir)), allow_fetch=True, log=lambda *a: None)
 
 
 def simplified_trainer(splits, ckpt):
@@ -108,22 +105,12 @@ def one_epoch(trainer):
 
 
 def median_times(contenders, repeats, fn):
-    times = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, obj in contenders.items():  # alternating within each repeat
-            times[name].append(fn(obj))
-    if isinstance(times[next(iter(times))][0], tuple):  # each part's median separately
+    """Medians of fn(contender) over repeats, alternating (each part's median separately)."""
+    times = harness.alternate(list(contenders), repeats, lambda name: fn(contenders[name]),
+                              echo=False)
+    if isinstance(times[next(iter(times))][0], tuple):
         return {name: tuple(statistics.median(x) for x in zip(*t)) for name, t in times.items()}
     return {name: statistics.median(t) for name, t in times.items()}
-
-
-def blas_names():
-    try:
-        from threadpoolctl import threadpool_info
-        return ", ".join(f"{i.get('internal_api')} {i.get('architecture', '')} "
-                         f"({i.get('num_threads')} threads)" for i in threadpool_info())
-    except ImportError:
-        return "threadpoolctl not installed"
 
 
 def main():
@@ -134,7 +121,7 @@ def main():
     args = p.parse_args()
     from nnmnist.kernels import set_num_threads
     set_num_threads(args.threads)
-    splits = splits_of_mnist()
+    splits = harness.load_splits()
     var, origin = simplified_trainer(splits, args.checkpoint)
     mlp = Trainer(Config(RandomSeed=1), splits)
     masked = masked_twin(var, splits)
@@ -142,8 +129,8 @@ def main():
     for t in (mlp, var, masked, narrow):
         t.compute.warmup()
         t.train_part(t.order[:500], Timer(), "warm-up")
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"threads {args.threads}; BLAS: {blas_names()}")
+    print("\n".join(harness.header(" ".join(["python", *sys.argv]),
+                                   [f"- {harness.load_average()}", f"- threads {args.threads}"])))
     print(f"# meSimp network from {origin}: Dims {var.model.dims()}")
     epoch = median_times({"mlp": mlp, "mlpvar compacted": var, "mlpvar masked": masked,
                           "mlp, hidden 8": narrow}, args.repeats, one_epoch)
