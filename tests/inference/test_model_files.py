@@ -42,7 +42,9 @@ def synthetic_mnist(folder, n_train=5600, n_test=300, seed=3):
 
 
 def cli(*args, module=None, timeout=600, cwd=REPO):
-    cmd = [sys.executable] + (["-m", module] if module else [str(REPO / "run.py")])
+    """run.py, or with `module` (nnmnist.inference.evaluate, ...) its `nnmnist` subcommand."""
+    command = ["-m", "nnmnist", module.rsplit(".", 1)[1]] if module else [str(REPO / "run.py")]
+    cmd = [sys.executable] + command
     env = {**os.environ, "PYTHONPATH": str(REPO), "NNMNIST_OFFLINE": "1"}
     return subprocess.run(cmd + [str(a) for a in args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=env)
