@@ -12,18 +12,24 @@ maths of training unchanged. The one difference is in meProp's selection. The or
 of the output gradient has fewer than k non-zero entries, top-k fills the rest with
 zero-gradient neurons, lowest column first, and some of those are inactive. The compacted
 layer has only active neurons to fill with (and with k or fewer left, chooses them all). A
-zero-gradient choice moves no weight; it only adds a hit. So compaction can only change which
-zero-gradient neurons fill such a row, and so get a hit. Left alone, those extra hits keep
+zero-gradient choice moves no weight through its gradient; it adds a hit, and under
+`LazyUpdate` it makes the optimizer touch that neuron's row, which moves the row all the same
+where the rule has state (Adam's m, RMSProp's decaying r) or L2. So compaction can only change
+which zero-gradient neurons fill such a row. Left alone, those extra hits keep
 neurons above the pruning threshold (a default mlpvar run then ended with about 180 hidden
 neurons a layer instead of about 145), so a compacted layer takes them back after each
 backward (`fill_excess`): its hit counts are exactly those of the full-width top-k, and
-pruning follows the original. What remains is rounding: BLAS sums a shorter inner dimension in
+pruning follows the original. For the same reason the rows a lazy update touches are those of
+the full-width selection: the extra fills are left out (`full_width_rows`), and the dense
+path records them too (every row its full-width top-k chooses, not all). What remains is
+rounding: BLAS sums a shorter inner dimension in
 another order, so weights can differ in the last bits, and over many steps that can tip a
 ReLU or a near-tie in top-k one way or the other.
 With Dropout (an extension), the compacted network draws masks for its remaining neurons
 only, so its random stream differs from the masked network's after the first compaction.
 """
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -39,7 +45,13 @@ def keep_rows(a, keep):
 
 def fill_excess(nonzero, origin, k, k_compact, xp=np):
     """Per column of a compacted layer: how many rows' top-k fill it as a zero-gradient neuron
-    where the full-width top-k (k over the original columns, inactive ones zero) would not.
+    where the full-width top-k (k over the original columns, inactive ones zero) would not."""
+    return excess_fills(nonzero, origin, k, k_compact, xp).sum(axis=0)
+
+
+def excess_fills(nonzero, origin, k, k_compact, xp=np):
+    """(rows, n) bool: where a row's compacted top-k fills a column as a zero-gradient neuron
+    and the full-width top-k (k over the original columns, inactive ones zero) does not.
 
     nonzero: (rows, n) bool, the output gradient's non-zero pattern; origin: each column's
     index in the full-width layer (increasing). The full-width top-k of a row with z < k
@@ -54,7 +66,44 @@ def fill_excess(nonzero, origin, k, k_compact, xp=np):
     col = xp.arange(nonzero.shape[1])
     compact_fill = zero & (col - before < k_compact - nnz)
     full_fill = zero & (origin - before < k - nnz)
-    return (compact_fill & ~full_fill).sum(axis=0)
+    return compact_fill & ~full_fill
+
+
+def nonzero_pattern(value, grad, unified):
+    """Where a unit's output gradient is non-zero (`value` its output, `grad` the gradient
+    arriving at it); for a unified selection, one row: the columns non-zero anywhere."""
+    nonzero = (value > 0) & (grad != 0)
+    return nonzero.any(axis=0, keepdims=True) if unified else nonzero
+
+
+def full_width_rows(nonzero, chosen, origin, k, k_compact, xp=np):
+    """The columns (as a 1-D int32 list, repeats allowed) that a compacted layer's top-k
+    `chosen` shares with the full-width top-k: its choices less the extra fills.
+
+    A lazy update touches the rows chosen; the full-width selection touches no row that the
+    compacted one does not (both fill lowest column first, and a column's place in the
+    compacted layer is at most its place in the layer as built), so leaving out the extra fills
+    gives exactly its rows. `chosen` is (batch, k_compact), or (k_compact,) for a unified
+    selection, or None where the compacted layer chose every column (its dense path).
+    """
+    drop = excess_fills(nonzero, origin, k, k_compact, xp)
+    if chosen is None:
+        kept = xp.nonzero(~drop)[1]
+    elif chosen.ndim == 1:
+        kept = chosen[~drop[0, chosen]]
+    else:
+        kept = chosen[~xp.take_along_axis(drop, chosen.astype(np.int64), axis=1)]
+    return xp.ascontiguousarray(kept, dtype=np.int32)
+
+
+@dataclass(eq=False)
+class Touched:
+    """The rows a lazy optimizer update takes for a weight, in the backend's form (what
+    `Selection.rows` returns): stands in `Flow.selections` for a compacted layer's selection."""
+    touched: object
+
+    def rows(self, compute, n_rows):
+        return self.touched
 
 
 def take_back_fills(value, grad, origin, k, k_compact, unified, hits, xp=np):
@@ -120,9 +169,16 @@ class CompactedDense(MaskedDense):
     index in the layer as built. Its hits are corrected to the full-width top-k's (see the
     module's doc), so that pruning decides as it would on the masked layer."""
 
+    lazy_rows = False  # whether a lazy optimizer reads the rows this layer touches
+
     def activate(self, flow, x):
         if self.rule.k >= self.n_out:
             return self._dense_activate(flow, x)
+        if self.lazy_rows:
+            def touch():  # runs after the unit's own backward, which noted its selection
+                chosen = flow.selections[self.W].chosen
+                self._touch(flow, chosen)
+            flow.record(touch)
         y = super().activate(flow, x)
 
         def correct_hits():  # runs before the unit's own backward, once y's gradient is whole
@@ -133,10 +189,20 @@ class CompactedDense(MaskedDense):
     def _correct_hits(self, y):
         args = (y.value, y.grad, self.origin, self.k_full, self.rule.k,
                 self.unified_full, self.hits)
+        if self.lazy_rows:  # kept for `_touch` (the backward may overwrite y's gradient)
+            self._nonzero = nonzero_pattern(y.value, y.grad, self.unified_full)
         if self.compute.name == "numba" and y.value.dtype == y.grad.dtype == np.float32:
             take_back_fills_numba(*args)
         else:
             take_back_fills(*args, xp=self.compute.xp)
+
+    def _touch(self, flow, chosen):
+        """Note for a lazy update the rows that the full-width selection touches (see the
+        module's doc); `chosen` is this step's compacted selection (None: every column)."""
+        kept = full_width_rows(self._nonzero, chosen, self.origin, self.k_full, self.rule.k,
+                               self.compute.xp)
+        self._nonzero = None
+        flow.selected(self.W, Touched(self.compute.rows_touched(kept, self.n_out)))
 
     def _dense_activate(self, flow, x):
         """relu(x W + b) with the ordinary dense backward, for a layer whose top-k takes every
@@ -158,6 +224,8 @@ class CompactedDense(MaskedDense):
 
         def backward():
             self._correct_hits(y)
+            if self.lazy_rows:
+                self._touch(flow, None)
             self.examples += batch
             self.hits += batch
             dy = y.grad
@@ -170,16 +238,18 @@ class CompactedDense(MaskedDense):
         return y
 
 
-def set_width(layer, n, k, unified):
+def set_width(layer, n, k, unified, lazy=False):
     """A masked layer's bookkeeping for `n` physical neurons, all active, selecting min(k, n).
     (With k >= n every row's top-k takes every neuron: `CompactedDense` then back-propagates
-    densely, with BLAS products, instead of through a per-example selection.)"""
+    densely, with BLAS products, instead of through a per-example selection.) `lazy`: the
+    optimizer updates only the rows a step touches (`LazyUpdate`), so the layer notes them."""
     xp = layer.compute.xp
     layer.active = xp.ones(n, dtype=bool)
     layer.mask = xp.ones(n, dtype=np.float32)
     layer.rule = copy.copy(layer.rule)  # its own: a rule shared with another layer keeps its k
     layer.rule.k = min(k, n)
     layer.k_full, layer.unified_full = k, unified  # what the full-width layer would select
+    layer.lazy_rows = lazy
 
 
 def compact(model, opt=None):
@@ -203,7 +273,7 @@ def compact(model, opt=None):
         hits = keep_rows(layer.hits, keep)
         origin = getattr(layer, "origin", None)
         layer.origin = keep_rows(origin if origin is not None else xp.arange(layer.n_out), keep)
-        set_width(layer, n, model.cfg.TrainTop, model.cfg.Unified)
+        set_width(layer, n, model.cfg.TrainTop, model.cfg.Unified, model.cfg.LazyUpdate)
         layer.hits = hits
         layer.__class__ = CompactedDense
     if not rows:
