@@ -386,3 +386,51 @@ def test_a_file_that_is_not_npz_is_our_own_one_line_error(tmp_path, content):
     msg = str(err.value)
     assert msg.startswith(f"{bad}: not an .npz file") and "\n" not in msg
     assert "pickle" not in msg and "unsafe" not in msg
+
+
+def test_summary_counts_every_whole_epoch_across_resumes(tmp_path, tiny_splits):
+    """A run of 2 epochs, resumed to 8 and interrupted again and again (also before it
+    trained a part, and in the middle of an epoch), then resumed to its end: each summary
+    counts the whole epochs in the log, and their times are those of the part records."""
+    from nnmnist.run.log import metrics_path
+    from nnmnist.run.resume import cut_back
+    log_file = tmp_path / "run.txt"
+    ckpt = checkpoint.checkpoint_path(log_file)
+
+    def trainer(cfg):
+        t = Trainer(cfg, tiny_splits)
+        t.checkpoint_file, t.best_file = ckpt, checkpoint.best_path(log_file)
+        return t
+
+    def summary_of_the_files():
+        records = [json.loads(x) for x in metrics_path(log_file).read_text().splitlines()]
+        whole = sum(line.startswith("Time: ") for line in log_file.read_text().splitlines())
+        parts = [r for r in records if r["type"] == "part" and r["epoch"] < whole]
+        assert len(parts) == 2 * whole  # each part once (IterPerEpoch 2)
+        summary = records[-1]
+        assert summary["type"] == "summary"
+        for key in ("fp", "bp", "update"):
+            assert summary[key] == pytest.approx(sum(r[key] for r in parts), rel=1e-9, abs=1e-12)
+        return summary["epochs"], whole, summary["stopped"]
+
+    def resume(max_epoch, interrupt_at=None):
+        mf = checkpoint.read(ckpt, kinds=("checkpoint",))
+        t = trainer(checkpoint.resume_config(mf, {"MaxEpoch": max_epoch}))
+        if interrupt_at is not None:
+            Interrupt(t, interrupt_at)
+        cut_back(mf, log_file)
+        with RunLog(log_file, console=False, append=True) as log:
+            if interrupt_at is None:
+                t.resume(log, mf)
+            else:
+                with pytest.raises(KeyboardInterrupt):
+                    t.resume(log, mf)
+        return summary_of_the_files()
+
+    with RunLog(log_file, console=False) as log:
+        trainer(tiny_cfg(NetType="mlptop", MaxEpoch=2)).train(log)
+    assert summary_of_the_files() == (2, 2, "completed")
+    assert resume(8, interrupt_at=3) == (3, 3, "interrupted")  # in epoch 3, part 1
+    assert resume(8, interrupt_at=0) == (3, 3, "interrupted")  # before training a part
+    assert resume(8, interrupt_at=2) == (4, 4, "interrupted")  # in epoch 4, part 1
+    assert resume(5) == (5, 5, "completed")
