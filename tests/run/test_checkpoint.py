@@ -434,3 +434,45 @@ def test_summary_counts_every_whole_epoch_across_resumes(tmp_path, tiny_splits):
     assert resume(8, interrupt_at=0) == (3, 3, "interrupted")  # before training a part
     assert resume(8, interrupt_at=2) == (4, 4, "interrupted")  # in epoch 4, part 1
     assert resume(5) == (5, 5, "completed")
+
+
+def test_a_resume_that_changes_threads_says_so_and_the_kernels_do_not_care(
+        tmp_path, tiny_splits, capsys, monkeypatch):
+    """Threads changes the order of BLAS's sums, so a resume that changes it (or Backend, or
+    Kernels) warns in one line; a same-valued --set does not. Numba's kernels give the same
+    bits with any thread count: with BLAS held at one thread, a continuation on two Numba
+    threads is the uninterrupted run exactly (every kernel in its parallel compilation)."""
+    import numba
+    from nnmnist.kernels import _jit, set_num_threads
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one Numba thread only")
+    monkeypatch.setattr(_jit, "_mode", "parallel")
+    cfg = tiny_cfg(NetType="mlpvar", Compact=True, LazyUpdate=True, Kernels="numba",
+                   HiddenSize=64, TrainTop=20, Threads=1)
+    try:
+        set_num_threads(1)
+        full = full_run(cfg, tiny_splits, tmp_path)
+        ckpt = tmp_path / "cut3.ckpt.npz"
+        t = Trainer(cfg, tiny_splits)
+        t.checkpoint_file = ckpt
+        Interrupt(t, 3)
+        first = RunLog(console=False)
+        with pytest.raises(KeyboardInterrupt):
+            t.train(first)
+        mf = checkpoint.read(ckpt, kinds=("checkpoint",))
+        capsys.readouterr()
+        checkpoint.resume_config(mf, {"Threads": 1, "MaxEpoch": 3})
+        assert capsys.readouterr().err == ""
+        cfg2 = checkpoint.resume_config(mf, {"Threads": 2, "Kernels": "numba"})
+        err = capsys.readouterr().err.splitlines()
+        assert err == [f"warning: {ckpt}: Threads = 2 (the run had 1): the same maths, summed "
+                       "in another order, so from here on the figures may differ in the last "
+                       "digits from those of an uninterrupted run"]
+        set_num_threads(2, blas=1)
+        t2 = Trainer(cfg2, tiny_splits)
+        t2.checkpoint_file = ckpt
+        second = RunLog(console=False)
+        t2.resume(second, mf)
+    finally:
+        set_num_threads(0)
+    assert_same_run(full, first, second)
