@@ -122,23 +122,33 @@ def _take_back_fills_kernel():
     """The same as `take_back_fills` in one pass per row, compiled (for the Numba path). The
     loops are branch-free (the tests are added as 0/1): which entries of a ReLU layer's
     gradient are non-zero is close to a coin toss, and a branch on it mispredicts about every
-    other time."""
+    other time.
+
+    With `mark` (n,) and `short` (rows,) not empty it also notes what `full_width_rows` needs,
+    in the same pass: short[b] whether row b had fewer than k_compact non-zero entries (its
+    compacted top-k filled), and in mark every column such a row's full-width top-k takes (its
+    non-zero entries and its full-width fills). A row that is not short takes only non-zero
+    entries, the same ones either way: its own choices are added after the backward."""
     from ..kernels._jit import kernel
 
     @kernel
-    def row(nz, nnz, origin, k, k_compact, weight, hits):
+    def row(nz, nnz, origin, k, k_compact, weight, hits, mark):
         if nnz >= k_compact:  # the compacted top-k took no zero-gradient neuron
-            return
+            return False
         before = 0
+        marking = mark.shape[0] > 0
         for j in range(nz.shape[0]):
             z = nz[j]
+            full_fill = (1 - z) * (origin[j] - before < k - nnz)
             # a zero column the compacted top-k fills and the full-width one does not
-            hits[j] -= weight * ((1 - z) * (j - before < k_compact - nnz)
-                                 * (origin[j] - before >= k - nnz))
+            hits[j] -= weight * ((1 - z) * (j - before < k_compact - nnz) * (1 - full_fill))
+            if marking:
+                mark[j] |= z | full_fill
             before += z
+        return True
 
     @kernel
-    def take_back(value, grad, origin, k, k_compact, unified, hits):
+    def take_back(value, grad, origin, k, k_compact, unified, hits, mark, short):
         batch, n = value.shape
         nz = np.zeros(n, np.int64)
         nnz = 0
@@ -149,19 +159,52 @@ def _take_back_fills_kernel():
                 nz[j] = (nz[j] | here) if unified else here
                 nnz += nz[j]
             if not unified:
-                row(nz, nnz, origin, k, k_compact, 1, hits)
+                filled = row(nz, nnz, origin, k, k_compact, 1, hits, mark)
+                if short.shape[0]:
+                    short[b] = filled
         if unified:
-            row(nz, nnz, origin, k, k_compact, batch, hits)
-    return take_back
+            filled = row(nz, nnz, origin, k, k_compact, batch, hits, mark)
+            if short.shape[0]:
+                short[0] = filled
+
+    @kernel
+    def rows_of(chosen, short, mark):
+        # chosen (rows, k): each row that was not short adds its own choices
+        for b in range(chosen.shape[0]):
+            if not short[b]:
+                for c in chosen[b]:
+                    mark[c] = 1
+        return np.flatnonzero(mark).astype(np.int32)
+    return take_back, rows_of
 
 
 _compiled = []
+_NONE_MARKED = np.zeros(0, np.int64)
 
 
-def take_back_fills_numba(value, grad, origin, k, k_compact, unified, hits):
+def _kernels():
     if not _compiled:
-        _compiled.append(_take_back_fills_kernel())
-    _compiled[0](value, grad, origin, k, k_compact, unified, hits)
+        _compiled.extend(_take_back_fills_kernel())
+    return _compiled
+
+
+def take_back_fills_numba(value, grad, origin, k, k_compact, unified, hits, mark=None,
+                          short=None):
+    """`take_back_fills` compiled; given `mark` and `short` (int64, zeroed, of (n,) and (rows,)
+    where rows is 1 when `unified`), it also notes what `full_width_rows_numba` needs."""
+    mark = _NONE_MARKED if mark is None else mark
+    short = _NONE_MARKED if short is None else short
+    _kernels()[0](value, grad, origin, k, k_compact, unified, hits, mark, short)
+
+
+def full_width_rows_numba(chosen, short, mark):
+    """The sorted rows (int32) `full_width_rows` gives, from what `take_back_fills_numba` noted
+    and the compacted selection `chosen` ((rows, k), (k,) when unified, None: every column)."""
+    if chosen is None:
+        if not short.all():  # a full row chose every column, all of them non-zero
+            mark[:] = 1
+        return np.flatnonzero(mark).astype(np.int32)
+    return _kernels()[1](np.ascontiguousarray(chosen.reshape(short.shape[0], -1)), short, mark)
 
 
 class CompactedDense(MaskedDense):
@@ -187,22 +230,34 @@ class CompactedDense(MaskedDense):
         return y
 
     def _correct_hits(self, y):
+        """Take back the extra fills' hits; for a lazy update, also keep what `_touch` needs
+        (the backward may overwrite y's gradient)."""
         args = (y.value, y.grad, self.origin, self.k_full, self.rule.k,
                 self.unified_full, self.hits)
-        if self.lazy_rows:  # kept for `_touch` (the backward may overwrite y's gradient)
-            self._nonzero = nonzero_pattern(y.value, y.grad, self.unified_full)
+        self._nonzero = self._marks = None
         if self.compute.name == "numba" and y.value.dtype == y.grad.dtype == np.float32:
-            take_back_fills_numba(*args)
+            if self.lazy_rows:
+                rows = 1 if self.unified_full else y.value.shape[0]
+                self._marks = np.zeros(rows, np.int64), np.zeros(self.n_out, np.int64)
+                take_back_fills_numba(*args, mark=self._marks[1], short=self._marks[0])
+            else:
+                take_back_fills_numba(*args)
         else:
+            if self.lazy_rows:
+                self._nonzero = nonzero_pattern(y.value, y.grad, self.unified_full)
             take_back_fills(*args, xp=self.compute.xp)
 
     def _touch(self, flow, chosen):
         """Note for a lazy update the rows that the full-width selection touches (see the
         module's doc); `chosen` is this step's compacted selection (None: every column)."""
-        kept = full_width_rows(self._nonzero, chosen, self.origin, self.k_full, self.rule.k,
-                               self.compute.xp)
-        self._nonzero = None
-        flow.selected(self.W, Touched(self.compute.rows_touched(kept, self.n_out)))
+        if self._marks is not None:
+            rows = full_width_rows_numba(chosen, *self._marks)
+        else:
+            kept = full_width_rows(self._nonzero, chosen, self.origin, self.k_full,
+                                   self.rule.k, self.compute.xp)
+            rows = self.compute.rows_touched(kept, self.n_out)
+        self._nonzero = self._marks = None
+        flow.selected(self.W, Touched(rows))
 
     def _dense_activate(self, flow, x):
         """relu(x W + b) with the ordinary dense backward, for a layer whose top-k takes every

@@ -468,6 +468,16 @@ def test_full_width_rows_against_a_naive_full_width_top_k():
                 nonzero = dy != 0
             got = cm.full_width_rows(nonzero, chosen, origin, k, min(k, n))
             np.testing.assert_array_equal(origin[np.unique(got)], np.intersect1d(want, origin))
+            # the compiled path: noted while taking back the hits, completed after the backward
+            value = np.abs(dy) + (dy != 0)  # positive where the gradient is non-zero
+            for dense in (False, True) if k >= n else (False,):
+                short = np.zeros(1 if unified else 3, np.int64)
+                mark = np.zeros(n, np.int64)
+                cm.take_back_fills_numba(value, dy, origin, k, min(k, n), unified,
+                                         np.zeros(n, np.int64), mark=mark, short=short)
+                rows = cm.full_width_rows_numba(None if dense else chosen, short, mark)
+                assert rows.dtype == np.int32
+                np.testing.assert_array_equal(origin[rows], np.intersect1d(want, origin))
             if k >= n and not unified:  # the dense path: every column chosen
                 got = cm.full_width_rows(nonzero, None, origin, k, n)
                 np.testing.assert_array_equal(origin[np.unique(got)], np.intersect1d(want, origin))
