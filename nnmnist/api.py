@@ -1,4 +1,5 @@
 """The functions of the public API that are not a class of their own (see `nnmnist.__all__`)."""
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,8 @@ def train(config, data=None, network=None, compute=None, log=None):
     network: a network of your own (`Network` of `Dense`/`MaskedDense` units built with
         `compute`); by default the config's `MLP`. Its input width must be 784.
     compute: the backend's compute object (`get_compute(...)`); by default the config's.
-        On the CPU the config's `Threads` is applied, as `run.py` does.
+        On the CPU the config's `Threads` is applied as `run.py` does: capped at the cores
+        this process may use (with run.py's warning), and the summary records the count used.
     log: a `RunLog` (lines to a file and/or the console); by default nothing is written.
 
     The summary (`Result`) holds best_dev, test_at_best (the test accuracy at the best dev
@@ -21,8 +23,8 @@ def train(config, data=None, network=None, compute=None, log=None):
     from .run import config as config_mod
     from .backends import get_compute
     from .data.mnist import load_mnist
-    from .kernels import set_num_threads
     from .run.lifecycle import train_in_memory
+    from .run.procs import apply_threads
     if isinstance(config, config_mod.Config):
         cfg = config_mod.validate(config)
     elif isinstance(config, dict):
@@ -34,8 +36,9 @@ def train(config, data=None, network=None, compute=None, log=None):
         data = load_mnist(cfg, config_dir=config_dir, log=lambda *a, **k: None)
     if compute is None:
         compute = get_compute(cfg.Backend, cfg.Kernels)
-    if compute.name != "cupy":
-        set_num_threads(cfg.Threads)  # as run.py does (0 restores the libraries' defaults)
+    if compute.name != "cupy":  # as run.py does (0 restores the libraries' defaults)
+        cfg = dataclasses.replace(cfg)  # the cap is this run's, not the caller's Config's
+        apply_threads(cfg, "cpu", config if isinstance(config, (str, Path)) else "config")
     trainer, result = train_in_memory(cfg, data, compute=compute, model=network, log=log)
     return trainer.model, result
 

@@ -158,3 +158,42 @@ def test_the_documented_example_runs():
     import nnmnist.api
     result = doctest.testmod(nnmnist.api)
     assert result.attempted >= 3 and result.failed == 0
+
+
+def test_train_applies_threads_as_run_py_does(tmp_path, capsys, monkeypatch):
+    """`train` caps Threads at the usable cores as run.py does (with its warning), so the same
+    config gives run.py's log: the same header and, BLAS running on as many threads, the same
+    figures. Here the machine is said to have one core and the config asks for two."""
+    import gzip
+    import json
+    import struct
+    from nnmnist.run import command, procs
+    monkeypatch.setattr(procs, "usable_cores", lambda: 1)
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, magic, n in (("train-images.idx3-ubyte.gz", 2051, 5100),
+                           ("t10k-images.idx3-ubyte.gz", 2051, 200),
+                           ("train-labels.idx1-ubyte.gz", 2049, 5100),
+                           ("t10k-labels.idx1-ubyte.gz", 2049, 200)):
+        with gzip.open(data / name, "wb") as f:
+            if magic == 2051:
+                f.write(struct.pack(">IIII", magic, n, 28, 28)
+                        + rng.integers(0, 256, n * 784, np.uint8).tobytes())
+            else:
+                f.write(struct.pack(">II", magic, n) + rng.integers(0, 10, n, np.uint8).tobytes())
+    config = tmp_path / "cfg.json"
+    config.write_text(json.dumps({"NetType": "mlptop", "HiddenSize": 64, "TrainTop": 8,
+                                  "MaxEpoch": 1, "IterPerEpoch": 2, "MinibatchSize": 50,
+                                  "RandomSeed": 3, "Threads": 2, "DataDir": str(data)}))
+    (tmp_path / "logs").mkdir()
+    assert command.main([str(config), "--quiet", "--offline", "--log-dir",
+                         str(tmp_path / "logs")]) == 0
+    (run_py_log,) = (tmp_path / "logs").glob("*.txt")
+    capsys.readouterr()
+    log = RunLog(console=False)
+    train(config, log=log)
+    assert capsys.readouterr().err.startswith(
+        f"warning: {config}: Threads = 2 is more than the 1 cores this process may use")
+    assert "Threads: 1" in log.lines
+    assert strip_times(log.lines) == strip_times(run_py_log.read_text().splitlines())

@@ -87,7 +87,9 @@ def package_version(name="nnmnist"):
 
 
 def identity():
-    """What a worker must share with the client to give the same results."""
+    """What a worker must share with the client to run the same code (nnmnist's version and
+    source hash), and what only changes the last digits (Python, NumPy; not recorded: the CPU
+    and BLAS build, whose kernels sum in their own order)."""
     return {"version": package_version(), "code": code_fingerprint(), "host": socket.gethostname(),
             "python": sys.version.split()[0], "numpy": package_version("numpy")}
 

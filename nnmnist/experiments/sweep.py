@@ -56,8 +56,9 @@ DEFAULT_BASE = PROJECT_DIR / "configs" / "default.json"
 MAX_ID_LEN = 100
 SAFE_ID = re.compile(r"[^A-Za-z0-9._=,+-]")
 # Summary-config fields that do not change what a run computes, so a difference does not make
-# a finished run stale (LogDir is overridden by --log-dir; Threads only changes the speed).
-NEUTRAL_FIELDS = {"LogDir", "Threads"}
+# a finished run stale (LogDir is overridden by --log-dir). Threads is not one: BLAS sums in
+# another order with another thread count, so the figures differ in the last digits.
+NEUTRAL_FIELDS = {"LogDir"}
 
 
 # ---------------------------------------------------------------- the spec and the plan
@@ -314,8 +315,17 @@ def _stale_field(task, summary):
     done = summary.get("config") or {}
     for k, v in task.config.items():
         if k in done and k not in NEUTRAL_FIELDS and done[k] != v:
+            if k == "Threads" and _capped_to(v, done[k]):
+                continue
             return k, done[k], v
     return None
+
+
+def _capped_to(asked, used):
+    """Whether a run asked for `asked` threads records `used` because it had fewer cores
+    (a run caps Threads at its usable cores and records what it used): the same run."""
+    from ..run.procs import usable_cores
+    return isinstance(asked, int) and isinstance(used, int) and asked > used == usable_cores()
 
 
 def _prefetch(tasks, config_dir, offline):

@@ -47,9 +47,9 @@ def _numpy(w, g, m, v, lr_t, l2, clip):
 
 @kernel
 def _elem(w, g, m, v, lr_t, l2, clip):
-    # float32 throughout, in the NumPy body's order: v = (0.999 v) + ((0.001 g) g), ...
+    # float32 throughout, in the NumPy body's order: v = (0.999 v) + (0.001 (g g)), ...
     g = clip_elem(g + l2 * w, clip)
-    v = _B2 * v + _B2C * g * g
+    v = _B2 * v + _B2C * (g * g)
     v = v if v >= _TINY_V else F0
     m = _B1 * m + _B1C * g
     m = m if abs(m) >= _TINY else F0

@@ -21,6 +21,7 @@ Version 1 files differ only in an export's prefix (`layer.`); they are still rea
 import dataclasses
 import json
 import math
+import sys
 import zipfile
 import zlib
 from dataclasses import asdict, fields
@@ -47,6 +48,10 @@ SHAPE_FIELDS = ("NetType", "OptType", "Layers", "HiddenSize", "LabelCount", "Ite
 # different run than the one the log and the checkpoint describe, so changing it is refused.
 RESUME_FIELDS = ("MaxEpoch", "Backend", "Kernels", "Threads", "DataDir", "LogDir",
                  "AllowDivergence", "Checkpoint")
+# Of those, the ones that compute the same maths in another order (other hardware, other
+# kernels, BLAS with another thread count): a continuation's figures may then differ from an
+# uninterrupted run's in the last digits, and a resume that changes one says so.
+ORDER_FIELDS = ("Backend", "Kernels", "Threads")
 DATA_FILES = ("TrainFile", "TrainLabelFile", "TestFile", "TestLabelFile")
 
 
@@ -198,6 +203,7 @@ def resume_config(model_file, overrides):
     stored = model_file.meta["config"]
     known = {f.name for f in fields(config_mod.Config)}
     raw = {k: v for k, v in stored.items() if k in known}
+    reordered = []
     for key, value in (overrides or {}).items():
         name = config_mod.canonical_field(key, "--set")
         new = config_mod._coerce(f"--set {key}", name, value)
@@ -211,7 +217,13 @@ def resume_config(model_file, overrides):
                             f"--resume: the checkpoint's run has {name} = {json.dumps(old)} and the "
                             f"continuation would not be the same run (--resume may change "
                             f"{', '.join(RESUME_FIELDS)}); start a new run instead")
+        if name in ORDER_FIELDS and new != old:
+            reordered.append(f"{name} = {json.dumps(new)} (the run had {json.dumps(old)})")
         raw[name] = value
+    if reordered:
+        print(f"warning: {model_file.path}: {'; '.join(reordered)}: the same maths, summed in "
+              f"another order, so from here on the figures may differ in the last digits from "
+              f"those of an uninterrupted run", file=sys.stderr)
     return config_mod.from_dict(raw, source=f"{model_file.path}: config")
 
 

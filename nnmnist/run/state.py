@@ -134,5 +134,12 @@ def restore(trainer, mf):
     trainer.seed = int(train["seed"])
     trainer.result.best_dev = as_float(train["best_dev"])
     trainer.result.test_at_best = as_float(train["test_at_best"])
-    return Position(int(train["epoch"]), int(train["part"]),
-                    [as_float(x) for x in train["epoch_time"]], [as_float(x) for x in train["total_time"]])
+    position = Position(int(train["epoch"]), int(train["part"]),
+                        [as_float(x) for x in train["epoch_time"]],
+                        [as_float(x) for x in train["total_time"]])
+    # the whole epochs before the checkpoint and their times: a summary written before the
+    # resumed run trains again (an interrupt while it starts) counts them too
+    res = trainer.result
+    res.epochs = position.epoch
+    res.total.fp, res.total.bp, res.total.update = position.total_time
+    return position

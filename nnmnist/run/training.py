@@ -99,7 +99,11 @@ class Score:
 
 @dataclass
 class Result:
-    """What a run produced, for callers that want numbers rather than log lines."""
+    """What a run produced, for callers that want numbers rather than log lines.
+
+    `epochs` counts the run's whole epochs and `total` sums their times, those before a resume
+    included (a checkpoint carries both); `epoch_times` and `parts` hold only what this process
+    trained."""
     best_dev: float = 0.0
     test_at_best: float = 0.0
     param_count: int = 0
@@ -107,6 +111,7 @@ class Result:
     parts: list = field(default_factory=list)
     dims: str = ""
     total: Timer = field(default_factory=Timer)
+    epochs: int = 0
 
 
 def evaluate(model, x, y, compute, batch):
@@ -235,6 +240,7 @@ class Trainer:
         cfg, log, res = self.cfg, self.log, self.result
         pos = self.position or Position()
         total = Timer(*pos.total_time)
+        res.total, res.epochs = total, pos.epoch  # the whole epochs so far, for the summary
         self.files.keep(pos.epoch, pos.part, Timer(*pos.epoch_time), total)
         for epoch in range(pos.epoch, cfg.MaxEpoch):
             resumed = epoch == pos.epoch and pos.part > 0  # keeps the order it was shuffled into
@@ -281,6 +287,7 @@ class Trainer:
             log(f"Time: fp: {timer.fp:.2f}s, bp: {timer.bp:.2f}s, update: {timer.update:.2f}s")
             res.epoch_times.append(timer)
             total.add(timer)
+            res.epochs = epoch + 1
             self.files.keep(epoch + 1, 0, Timer(), total)
             self.files.write()
         n = cfg.MaxEpoch
@@ -309,17 +316,13 @@ def summary_record(cfg, res, trainer, stopped="completed", reason=None):
     """The final record: best dev, test at best dev, total times, final dims and the config.
 
     `stopped` says how the run ended: "completed", or "diverged" / "interrupted" with a
-    `reason`; a run that stopped early counts its whole epochs and their times."""
+    `reason`. Either way it counts the run's whole epochs and their times, across resumes."""
     total = res.total
-    if stopped != "completed":
-        total = Timer()
-        for t in res.epoch_times:
-            total.add(t)
     rec = {
         "type": "summary", "run_name": cfg.run_name(), "seed": trainer.seed,
         "best_dev": res.best_dev, "test_at_best": res.test_at_best,
         "param_count": res.param_count,
-        "epochs": cfg.MaxEpoch if stopped == "completed" else len(res.epoch_times),
+        "epochs": res.epochs,
         "fp": total.fp, "bp": total.bp, "update": total.update,
         "dims": trainer.model.active_dims(), "config": asdict(cfg), "stopped": stopped,
     }

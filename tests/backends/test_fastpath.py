@@ -112,3 +112,68 @@ def test_float32_end_to_end(tiny_splits, monkeypatch, kernels, net_type, unified
     for p in model.params:
         assert p.value.dtype == np.float32 and p.grad.dtype == np.float32
         assert all(s.dtype == np.float32 for s in p.state.values())
+
+
+def lockstep_step(pair, x, y):
+    """One training step of a (Numba, NumPy) pair of (model, optimizer), the NumPy one first
+    set to the Numba one's state; returns each side's (gradients, flow) before the update."""
+    (mb, ob), (mn, on) = pair
+    mn.load_state_dict(mb.state_dict())
+    on.load_state_dict(ob.state_dict())
+    out = []
+    for model, opt in pair:
+        flow = Flow()
+        model.forward(flow, x, y)
+        flow.backward()
+        out.append(([p.grad.copy() for p in model.params], flow))
+    for (model, opt), (_, flow) in zip(pair, out):
+        opt.step(flow.selections)
+    return out
+
+
+@pytest.mark.parametrize("net_type, extra", [
+    ("mlp", {}), ("mlptop", {"Unified": True}), ("mlptop", {}), ("mlprand", {"Dropout": 0.2}),
+    ("mlpvar", {"Compact": True, "LazyUpdate": True})])
+def test_kernels_agree_step_by_step_over_a_run(tiny_splits, net_type, extra):
+    """What holds between `Kernels: numba` and `numpy` (docs/CONFIG.md): over an epoch,
+    pruning and compaction included, each step from the same state makes the same choices
+    (selections, rows touched, hits) and the same update rule's bits; meProp's sparse
+    products differ by float32 rounding only (Numba's kernels sum with fused multiply-adds),
+    and where both sides use the same BLAS products (dense and unified) nothing differs."""
+    from nnmnist.nn.compact import compact
+    cfg = Config(NetType=net_type, HiddenSize=48, TrainTop=12, Prune=0.3, TrainCycle=1,
+                 **extra)
+    pair = []
+    for compute in (NumbaCompute(), NumpyCompute()):
+        model = make(cfg, compute)
+        pair.append((model, make_optimizer(cfg, model.params, compute, 600)))
+    exact = net_type == "mlp" or cfg.Unified
+    batch = 20
+    for step in range(len(tiny_splits.trn_y) // batch):
+        rows = slice(step * batch, (step + 1) * batch)
+        (gb, fb), (gn, fn) = lockstep_step(pair, tiny_splits.trn_x[rows], tiny_splits.trn_y[rows])
+        (mb, ob), (mn, on) = pair
+        place = lambda model, flow: [i for i, w in enumerate(model.params)  # noqa: E731
+                                     if w in flow.selections]
+        assert place(mb, fb) == place(mn, fn)
+        for wb, wn in zip(mb.params, mn.params):
+            if wb in fb.selections:
+                np.testing.assert_array_equal(fb.selections[wb].rows(mb.compute, wb.shape[0]),
+                                              fn.selections[wn].rows(mn.compute, wn.shape[0]))
+        for lb, ln in zip(mb.masked_layers, mn.masked_layers):
+            np.testing.assert_array_equal(lb.hits, ln.hits)
+        for a, b in zip(gb, gn):
+            if exact:
+                np.testing.assert_array_equal(a, b)
+            else:  # rounding, relative to the gradient's scale
+                assert np.abs(a - b).max() <= 1e-6 * np.abs(a).max(), step
+        for pb, pn in zip(mb.params, mn.params):
+            if exact:
+                np.testing.assert_array_equal(pb.value, pn.value)
+            else:
+                np.testing.assert_allclose(pb.value, pn.value, rtol=1e-6, atol=1e-7)
+        if net_type == "mlpvar" and step % 10 == 9:
+            for model, opt in pair:
+                model.prune(cfg.Prune)
+                compact(model, opt)
+    assert net_type != "mlpvar" or "(48)" in mb.dims() and mb.dims() == mn.dims()

@@ -205,3 +205,19 @@ def test_default_jobs_does_not_oversubscribe(monkeypatch):
     assert sweep.default_jobs() == 1
     monkeypatch.setattr(sweep.os, "cpu_count", lambda: None)
     assert sweep.default_jobs() == 1
+
+
+def test_a_finished_run_with_other_threads_is_another_run(monkeypatch):
+    """BLAS sums in another order with another thread count, so a finished run made with
+    another Threads is not reused; one that recorded fewer threads only because its machine
+    had no more cores (a run caps Threads and records what it used) is."""
+    from types import SimpleNamespace
+    from nnmnist.run import procs
+    monkeypatch.setattr(procs, "usable_cores", lambda: 2)
+    task = SimpleNamespace(config={"NetType": "mlp", "Threads": 2, "LogDir": "here"})
+    done = {"config": {"NetType": "mlp", "Threads": 1, "LogDir": "there"}}
+    assert sweep._stale_field(task, done) == ("Threads", 1, 2)
+    done["config"]["Threads"] = 2
+    assert sweep._stale_field(task, done) is None
+    task.config["Threads"] = 8  # asked for 8, ran on this 2-core machine with 2
+    assert sweep._stale_field(task, done) is None

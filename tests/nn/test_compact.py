@@ -23,9 +23,9 @@ from nnmnist.run.training import Trainer
 COMPUTES = [NumpyCompute(), NumbaCompute()]
 
 
-def build(compute, hidden=32, k=6, opt="adam", layers=3, seed=0, unified=False):
+def build(compute, hidden=32, k=6, opt="adam", layers=3, seed=0, unified=False, lazy=False):
     cfg = Config(NetType="mlpvar", HiddenSize=hidden, TrainTop=k, Layers=layers, OptType=opt,
-                 Unified=unified,
+                 Unified=unified, LazyUpdate=lazy,
                  LearningRate=0.01 if opt != "adam" else 0.001)
     rng = np.random.default_rng(seed)
     model = MLP(cfg, 20, compute, rng)
@@ -46,7 +46,7 @@ def train_steps(model, opt, xs, ys):
         flow = Flow()
         model.forward(flow, x, y)
         flow.backward()
-        opt.step()
+        opt.step(flow.selections)  # what a lazy optimizer needs (a dense one ignores it)
 
 
 def expand(layer_c, layer_m, a_c):
@@ -375,3 +375,109 @@ def test_a_rule_shared_by_two_layers_gets_each_layer_its_own_k():
         layer.mask[...] = layer.active
     cm.compact(model, opt)
     assert [layer.rule.k for layer in model.masked_layers] == [5, 9]
+
+
+def copy_masked_into(masked, opt_m, compacted, opt_c):
+    """The masked network's weights, optimizer state and hits, cut to the compacted network's
+    neurons (its active ones), so that the next step starts both from the same point."""
+    kept = {i: np.flatnonzero(layer.active) for i, layer in enumerate(masked.layers)
+            if hasattr(layer, "active")}
+    for i, (lm, lc) in enumerate(zip(masked.layers, compacted.layers)):
+        rows = kept.get(i, np.arange(lm.n_out))
+        cols = kept.get(i - 1, np.arange(lm.W.shape[1]))
+        for pm, pc, at in ((lm.W, lc.W, np.ix_(rows, cols)), (lm.b, lc.b, rows)):
+            pc.value[...] = pm.value[at]
+            for name in opt_m.state_names:
+                opt_c.state_of(pc)[name][...] = opt_m.state_of(pm)[name][at]
+        if i in kept:
+            lc.hits[...] = lm.hits[kept[i]]
+    opt_c.t = opt_m.t
+
+
+def step_differences(masked, opt_m, compacted, opt_c, x, y):
+    """One lock-step training step from the same point; the largest difference of any weight
+    and of any optimizer state entry of the compacted network from the masked one's."""
+    copy_masked_into(masked, opt_m, compacted, opt_c)
+    before = {name: [s.copy() for s in opt_m.state.views(name)] for name in opt_m.state_names}
+    train_steps(masked, opt_m, [x], [y])
+    train_steps(compacted, opt_c, [x], [y])
+    kept = {i: np.flatnonzero(layer.active) for i, layer in enumerate(masked.layers)
+            if hasattr(layer, "active")}
+    weights = states = 0.0
+    for i, (lm, lc) in enumerate(zip(masked.layers, compacted.layers)):
+        rows = kept.get(i, np.arange(lm.n_out))
+        cols = kept.get(i - 1, np.arange(lm.W.shape[1]))
+        for j, (pm, pc, at) in enumerate(((lm.W, lc.W, np.ix_(rows, cols)), (lm.b, lc.b, rows))):
+            weights = max(weights, float(np.abs(pc.value - pm.value[at]).max()))
+            for name in opt_m.state_names:
+                sm, sc = opt_m.state_of(pm)[name][at], opt_c.state_of(pc)[name]
+                # relative to the entry's size before and after the step: a second moment may
+                # be far below the weights' scale, and a first moment may cancel to near 0
+                old = before[name][2 * i + j][at]
+                scale = np.maximum(np.abs(sm) + np.abs(old), 1e-30)
+                states = max(states, float((np.abs(sc - sm) / scale).max()))
+    return weights, states
+
+
+@pytest.mark.parametrize("compute", COMPUTES, ids=lambda c: c.name)
+@pytest.mark.parametrize("opt", ["adam", "rmsprop"])
+@pytest.mark.parametrize("k, unified", [(20, False), (30, False), (20, True)])
+def test_lazy_update_of_compacted_layer_is_the_masked_one_step_by_step(compute, opt, k,
+                                                                      unified):
+    """LazyUpdate with a stateful rule: a touched row moves (Adam's m) or changes its state
+    (RMSProp's r decays) even with zero gradient, so the compacted layer must touch exactly the
+    rows the full-width selection touches, its extra zero-gradient fills left out. Trained in
+    lock-step (the masked network's state copied into the compacted one before each step),
+    no step differs beyond rounding. k=20 has rows with fewer than k non-zero entries (fills);
+    k=30 leaves fewer than k active neurons in a layer (the compacted layer's dense path)."""
+    xs, ys = batches(n=12, batch=5)
+    masked, opt_m = build(compute, hidden=40, k=k, opt=opt, unified=unified, lazy=True)
+    train_steps(masked, opt_m, xs[:4], ys[:4])  # non-zero moments before the pruning
+    switch_off(masked, keep=0.7)
+    compacted, opt_c = build(compute, hidden=40, k=k, opt=opt, unified=unified, lazy=True)
+    switch_off(compacted, keep=0.7)
+    assert cm.compact(compacted, opt_c)
+    assert all(layer.lazy_rows for layer in compacted.masked_layers)
+    assert (max(layer.n_out for layer in compacted.masked_layers) < k) == (k == 30)
+    for x, y in zip(xs[4:], ys[4:]):
+        weights, states = step_differences(masked, opt_m, compacted, opt_c, x, y)
+        assert weights < 1e-6, f"a weight differs by {weights:.3g} (a step of its own)"
+        assert states < 1e-4, f"an optimizer state entry differs by {states:.3g} relatively"
+
+
+def test_full_width_rows_against_a_naive_full_width_top_k():
+    """Random patterns: the columns a compacted top-k shares with the full-width top-k are
+    the rows the full-width top-k touches (per example, unified, and all columns chosen)."""
+    rng = np.random.default_rng(8)
+    c = NumpyCompute()
+    for _ in range(200):
+        total = int(rng.integers(2, 30))
+        origin = np.sort(rng.choice(total, int(rng.integers(1, total + 1)), replace=False))
+        n, k = len(origin), int(rng.integers(1, total + 1))
+        dy = ((rng.random((3, n)) < rng.random()) * rng.normal(size=(3, n))).astype(np.float32)
+        full = np.zeros((3, total), np.float32)
+        full[:, origin] = dy
+        for unified in (False, True):
+            if unified:
+                want = c.select_topk_unified(full, k)
+                chosen = c.select_topk_unified(dy, min(k, n))
+                nonzero = (dy != 0).any(axis=0, keepdims=True)
+            else:
+                want = np.unique(c.select_topk_rows(full, k))
+                chosen = c.select_topk_rows(dy, min(k, n))
+                nonzero = dy != 0
+            got = cm.full_width_rows(nonzero, chosen, origin, k, min(k, n))
+            np.testing.assert_array_equal(origin[np.unique(got)], np.intersect1d(want, origin))
+            # the compiled path: noted while taking back the hits, completed after the backward
+            value = np.abs(dy) + (dy != 0)  # positive where the gradient is non-zero
+            for dense in (False, True) if k >= n else (False,):
+                short = np.zeros(1 if unified else 3, np.int64)
+                mark = np.zeros(n, np.int64)
+                cm.take_back_fills_numba(value, dy, origin, k, min(k, n), unified,
+                                         np.zeros(n, np.int64), mark=mark, short=short)
+                rows = cm.full_width_rows_numba(None if dense else chosen, short, mark)
+                assert rows.dtype == np.int32
+                np.testing.assert_array_equal(origin[rows], np.intersect1d(want, origin))
+            if k >= n and not unified:  # the dense path: every column chosen
+                got = cm.full_width_rows(nonzero, None, origin, k, n)
+                np.testing.assert_array_equal(origin[np.unique(got)], np.intersect1d(want, origin))

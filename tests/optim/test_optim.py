@@ -234,6 +234,28 @@ def test_numba_rule_equals_numpy_rule(opt_type, lazy):
         np.testing.assert_allclose(finals[0][1][name], finals[1][1][name], rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("opt_type", ["sgd", "adagrad", "adam", "rmsprop"])
+@pytest.mark.parametrize("lazy", [False, True])
+@pytest.mark.parametrize("l2, clip", [(0.0, 0.0), (0.001, 0.5)])
+def test_numba_rule_is_the_numpy_body_bit_for_bit(opt_type, lazy, l2, clip):
+    """The Numba loops do the NumPy body's float32 operations in its order, so weights and
+    state agree to the bit, on enough entries (20,000) that any other rounding would show."""
+    cfg = Config(OptType=opt_type, LazyUpdate=lazy, L2RegFactor=l2, ClipBound=clip,
+                 LearningRate=0.01 if opt_type != "adam" else 0.001)
+    rows = Selection(np.arange(0, 400, 3, dtype=np.int32), 4, unified=True)
+    finals = []
+    for compute in (NumpyCompute(), NumbaCompute()):
+        p = make_param(12, (400, 50))
+        opt = make_optimizer(cfg, [p], compute, 100)
+        for g in grads(12, p.shape, 3):
+            p.grad[...] = g
+            opt.step({p: rows})
+        finals.append((p.value.copy(), {k: v.copy() for k, v in p.state.items()}))
+    np.testing.assert_array_equal(finals[0][0], finals[1][0])
+    for name in finals[0][1]:
+        np.testing.assert_array_equal(finals[0][1][name], finals[1][1][name])
+
+
 def test_registry_picks_by_name_and_refuses_unknown_names():
     from nnmnist.run.config import OPT_TYPES
     assert tuple(RULES) == OPT_TYPES

@@ -387,3 +387,91 @@ def test_a_file_that_is_not_npz_is_our_own_one_line_error(tmp_path, content):
     msg = str(err.value)
     assert msg.startswith(f"{bad}: not an .npz file") and "\n" not in msg
     assert "pickle" not in msg and "unsafe" not in msg
+
+
+def test_summary_counts_every_whole_epoch_across_resumes(tmp_path, tiny_splits):
+    """A run of 2 epochs, resumed to 8 and interrupted again and again (also before it
+    trained a part, and in the middle of an epoch), then resumed to its end: each summary
+    counts the whole epochs in the log, and their times are those of the part records."""
+    from nnmnist.run.log import metrics_path
+    from nnmnist.run.resume import cut_back
+    log_file = tmp_path / "run.txt"
+    ckpt = checkpoint.checkpoint_path(log_file)
+
+    def trainer(cfg):
+        return Trainer(cfg, tiny_splits)
+
+    def summary_of_the_files():
+        records = [json.loads(x) for x in metrics_path(log_file).read_text().splitlines()]
+        whole = sum(line.startswith("Time: ") for line in log_file.read_text().splitlines())
+        parts = [r for r in records if r["type"] == "part" and r["epoch"] < whole]
+        assert len(parts) == 2 * whole  # each part once (IterPerEpoch 2)
+        summary = records[-1]
+        assert summary["type"] == "summary"
+        for key in ("fp", "bp", "update"):
+            assert summary[key] == pytest.approx(sum(r[key] for r in parts), rel=1e-9, abs=1e-12)
+        return summary["epochs"], whole, summary["stopped"]
+
+    def resume(max_epoch, interrupt_at=None):
+        mf = checkpoint.read(ckpt, kinds=("checkpoint",))
+        t = trainer(checkpoint.resume_config(mf, {"MaxEpoch": max_epoch}))
+        if interrupt_at is not None:
+            Interrupt(t, interrupt_at)
+        cut_back(mf, log_file)
+        with RunLog(log_file, console=False, append=True) as log:
+            run = keeping(t, log, ckpt, checkpoint.best_path(log_file))
+            if interrupt_at is None:
+                run.resume(mf)
+            else:
+                with pytest.raises(KeyboardInterrupt):
+                    run.resume(mf)
+        return summary_of_the_files()
+
+    with RunLog(log_file, console=False) as log:
+        keeping(trainer(tiny_cfg(NetType="mlptop", MaxEpoch=2)), log, ckpt,
+                checkpoint.best_path(log_file)).start()
+    assert summary_of_the_files() == (2, 2, "completed")
+    assert resume(8, interrupt_at=3) == (3, 3, "interrupted")  # in epoch 3, part 1
+    assert resume(8, interrupt_at=0) == (3, 3, "interrupted")  # before training a part
+    assert resume(8, interrupt_at=2) == (4, 4, "interrupted")  # in epoch 4, part 1
+    assert resume(5) == (5, 5, "completed")
+
+
+def test_a_resume_that_changes_threads_says_so_and_the_kernels_do_not_care(
+        tmp_path, tiny_splits, capsys, monkeypatch):
+    """Threads changes the order of BLAS's sums, so a resume that changes it (or Backend, or
+    Kernels) warns in one line; a same-valued --set does not. Numba's kernels give the same
+    bits with any thread count: with BLAS held at one thread, a continuation on two Numba
+    threads is the uninterrupted run exactly (every kernel in its parallel compilation)."""
+    import numba
+    from nnmnist.kernels import _jit, set_num_threads
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one Numba thread only")
+    monkeypatch.setattr(_jit, "_mode", "parallel")
+    cfg = tiny_cfg(NetType="mlpvar", Compact=True, LazyUpdate=True, Kernels="numba",
+                   HiddenSize=64, TrainTop=20, Threads=1)
+    try:
+        set_num_threads(1)
+        full = full_run(cfg, tiny_splits, tmp_path)
+        ckpt = tmp_path / "cut3.ckpt.npz"
+        t = Trainer(cfg, tiny_splits)
+        Interrupt(t, 3)
+        first = RunLog(console=False)
+        with pytest.raises(KeyboardInterrupt):
+            keeping(t, first, ckpt).start()
+        mf = checkpoint.read(ckpt, kinds=("checkpoint",))
+        capsys.readouterr()
+        checkpoint.resume_config(mf, {"Threads": 1, "MaxEpoch": 3})
+        assert capsys.readouterr().err == ""
+        cfg2 = checkpoint.resume_config(mf, {"Threads": 2, "Kernels": "numba"})
+        err = capsys.readouterr().err.splitlines()
+        assert err == [f"warning: {ckpt}: Threads = 2 (the run had 1): the same maths, summed "
+                       "in another order, so from here on the figures may differ in the last "
+                       "digits from those of an uninterrupted run"]
+        set_num_threads(2, blas=1)
+        t2 = Trainer(cfg2, tiny_splits)
+        second = RunLog(console=False)
+        keeping(t2, second, ckpt).resume(mf)
+    finally:
+        set_num_threads(0)
+    assert_same_run(full, first, second)
