@@ -32,7 +32,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from nnmnist.run import config as config_mod  # noqa: E402
 from nnmnist.run.command import parse_override  # noqa: E402
-from nnmnist.data.mnist.mnist import load_mnist  # noqa: E402
+from nnmnist.data.mnist import load_mnist  # noqa: E402
 from nnmnist.errors import report_errors  # noqa: E402
 from nnmnist.run.log import RunLog  # noqa: E402
 from nnmnist.nn.select import TopK  # noqa: E402

