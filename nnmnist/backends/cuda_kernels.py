@@ -204,8 +204,9 @@ def _rounding(T):
         from numba.cuda import libdevice as ld
         if T == np.float32:
             add, sub, mul, div, sqrt = ld.fadd_rn, ld.fsub_rn, ld.fmul_rn, ld.fdiv_rn, ld.fsqrt_rn
-        else:
-            add, sub, mul, div, sqrt = ld.dadd_rn, ld.dsub_rn, ld.dmul_rn, ld.ddiv_rn, ld.dsqrt_rn
+        else:  # libdevice has no dsub_rn; a - b is a + (-b) exactly
+            add, mul, div, sqrt = ld.dadd_rn, ld.dmul_rn, ld.ddiv_rn, ld.dsqrt_rn
+            sub = device(lambda a, b: add(a, -b))
     zero = T(0)
 
     @device
