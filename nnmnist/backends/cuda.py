@@ -39,7 +39,7 @@ from ..optim import RULES, optimizer_class
 SIMULATED = K.SIMULATED
 # The simulator's block manager polls its threads at every barrier; with Python's default 5 ms
 # switch interval a barrier costs about 10 ms, with this one well under 1 ms.
-SIMULATOR_SWITCH_INTERVAL = 2e-4
+SIMULATOR_SWITCH_INTERVAL = 5e-5
 
 
 class CupyCompute(NumpyCompute):

@@ -48,7 +48,7 @@ else:
 # Under the simulator every thread is a Python thread and each barrier costs a few ms, so the
 # launches there are small: the grid-stride loops give the same results with any size.
 if SIMULATED:
-    ELEMENT_THREADS, ELEMENT_MAX_BLOCKS = 4, 2
+    ELEMENT_THREADS, ELEMENT_MAX_BLOCKS = 16, 2
     TOPK_MIN_THREADS, TOPK_MAX_THREADS, TOPK_MAX_BLOCKS = 4, 4, 1
 else:
     ELEMENT_THREADS, ELEMENT_MAX_BLOCKS = 256, 4096
@@ -94,21 +94,27 @@ def _make_topk(key_type):
         entries equal to it are kept (the first ones in column order). Each thread then owns a
         contiguous chunk of columns; an inclusive scan of the per-thread counts in shared memory
         gives each chunk its first output slot.
+
+        Barriers per row: 2 a pass, then 1 + log2(threads) for the scan. The histograms are
+        double-buffered (each pass zeroes the next one's; with an even number of passes the
+        last pass zeroes the first one of the next row), so no barrier is spent on zeroing.
         """
         batch, n = bits_in.shape
         tid, n_threads = cuda.threadIdx.x, cuda.blockDim.x
-        hist = cuda.shared.array((2, 256), np.int32)          # double-buffered: one barrier less
-        scan = cuda.shared.array((2, TOPK_SCAN_SIZE), np.int32)  # counts above / equal, per thread
+        hist = cuda.shared.array((2, 256), np.int32)
+        # per thread: entries above / equal to the threshold in its chunk; two buffers, so that
+        # each scan step needs one barrier
+        scan = cuda.shared.array((2, 2, TOPK_SCAN_SIZE), np.int32)
         found_prefix = cuda.shared.array(1, K)
         found_rem = cuda.shared.array(1, np.int32)
         chunk = (n + n_threads - 1) // n_threads
         lo = min(tid * chunk, n)
         hi = min(lo + chunk, n)
+        for b in range(tid, 256, n_threads):
+            hist[0, b] = 0
+        cuda.syncthreads()
         for r in range(cuda.blockIdx.x, batch, cuda.gridDim.x):
             row = bits_in[r]
-            for b in range(tid, 256, n_threads):
-                hist[0, b] = 0
-            cuda.syncthreads()
             prefix = zero
             known = zero
             rem = k
@@ -143,23 +149,24 @@ def _make_topk(key_type):
                     above += 1
                 elif u == prefix:
                     equal += 1
-            scan[0, tid] = above
-            scan[1, tid] = equal
+            src = 0
+            scan[src, 0, tid] = above
+            scan[src, 1, tid] = equal
             cuda.syncthreads()
             offset = 1
             while offset < n_threads:  # Hillis-Steele inclusive scan over the threads
-                a = 0
-                e = 0
+                a = scan[src, 0, tid]
+                e = scan[src, 1, tid]
                 if tid >= offset:
-                    a = scan[0, tid - offset]
-                    e = scan[1, tid - offset]
-                cuda.syncthreads()
-                scan[0, tid] += a
-                scan[1, tid] += e
+                    a += scan[src, 0, tid - offset]
+                    e += scan[src, 1, tid - offset]
+                scan[1 - src, 0, tid] = a
+                scan[1 - src, 1, tid] = e
+                src = 1 - src
                 cuda.syncthreads()
                 offset *= 2
-            equal_before = scan[1, tid] - equal
-            slot = scan[0, tid] - above + min(equal_before, rem)
+            equal_before = scan[src, 1, tid] - equal
+            slot = scan[src, 0, tid] - above + min(equal_before, rem)
             for j in range(lo, hi):
                 u = key(row[j])
                 if u > prefix or (u == prefix and equal_before < rem):
@@ -167,7 +174,8 @@ def _make_topk(key_type):
                     slot += 1
                 if u == prefix:
                     equal_before += 1
-            cuda.syncthreads()  # the next row reuses the shared arrays
+            # No barrier before the next row: its first writes to `scan` and `found_*` come
+            # after barriers that every thread reaches only once done with these.
 
     return topk_rows
 
