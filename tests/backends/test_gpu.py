@@ -208,7 +208,7 @@ def test_select_topk_unified(be, n, k):
 
 
 def test_select_random(be):
-    B, n, k = 400, 50, 10
+    B, n, k = (100 if be.name == "cupy" else 400), 50, 10  # the simulator: ~0.1 s a row
     idx = get(be.c.select_random_rows(np.random.default_rng(3), B, n, k))
     assert idx.shape == (B, k) and idx.dtype == np.int32
     assert np.all(np.diff(idx, axis=1) > 0) and idx.min() >= 0 and idx.max() < n  # distinct, sorted
@@ -359,8 +359,7 @@ SLICES = {
     "mlprand": dict(NetType="mlprand", LearningRate=0.005),
     "mlpvar-lazy": dict(NetType="mlpvar", TrainCycle=1, LazyUpdate=True, LearningRate=0.005),
 }
-RANDOM_DRAWS = {"mlp-sgd-dropout", "mlprand"}  # GPU draws come from another generator
-_reference_runs = {}
+RANDOM_DRAWS = {"mlp-sgd-dropout", "mlprand"}
 
 
 def run_slice(name, compute):
@@ -371,15 +370,11 @@ def run_slice(name, compute):
         return train_and_evaluate(cfg, splits, log, compute=compute)
 
 
-def reference_run(name):
-    if name not in _reference_runs:
-        _reference_runs[name] = run_slice(name, NumpyCompute())
-    return _reference_runs[name]
-
-
 @pytest.mark.parametrize("name", list(SLICES))
-def test_training_slice(be, name):
-    res = run_slice(name, be.c)
+def test_training_slice(name):
+    """A short run of each network type learns on the NumPy reference. The GPU backend's whole
+    runs are compared with the CPU's in test_gpu_mnist.py (on MNIST, in the simulator)."""
+    res = run_slice(name, NumpyCompute())
     parts = res.parts
     assert len(parts) == 4 and res.param_count == 784 * 32 + 32 + 32 * 32 + 32 + 32 * 10 + 10
     chance_free = 40 if name in RANDOM_DRAWS else 60  # random draws: more spread between seeds
@@ -388,15 +383,6 @@ def test_training_slice(be, name):
     if name.startswith("mlpvar"):
         hidden = parts[-1]["dims"][:-1]
         assert len(hidden) == 2 and all(0 < d <= 32 for d in hidden) and min(hidden) < 32, hidden
-    if be.name == "numpy" or name in RANDOM_DRAWS:  # GPU draws: another stream, only "learns"
-        return
-    ref = reference_run(name).parts
-    for part, ref_part in zip(parts, ref):  # float32 noise only
-        assert part["train_loss"] == pytest.approx(ref_part["train_loss"], rel=2e-3)
-        assert abs(part["dev_acc"] - ref_part["dev_acc"]) <= 2.0
-        assert abs(part["train_correct"] - ref_part["train_correct"]) <= 3
-        assert np.all(np.abs(np.subtract(part["dims"], ref_part["dims"])) <= 2), \
-            (part["dims"], ref_part["dims"])
 
 
 # -- choosing the backend --------------------------------------------------------------------
