@@ -21,19 +21,27 @@ def contracted(x, y, z, out):
         out[i] = x[i] * y[i] + z[i]
 
 
+def calls_inlined(x, out):
+    """A probe: a kernel calling an inlined device function, as the backend's kernels do (this
+    compiles without a driver with numba-cuda; Numba's own older numba.cuda asks for one)."""
+    i = cuda.grid(1)
+    if i < out.shape[0]:
+        out[i] = _twice(x[i])
+
+
 def main(ccs):
-    global cuda
-    try:
-        from numba import cuda, types
-        from numba.cuda.cudadrv.nvvm import NVVM
-        NVVM()  # libNVVM loads (it comes with the CUDA compiler wheels)
+    global cuda, _twice
+    from numba import cuda, types
+    control = ("control.contracted", contracted, (types.float32[::1],) * 4)
+    try:  # the compiler works here: numba-cuda and libNVVM (from the CUDA compiler wheels)
+        _twice = cuda.jit(device=True, inline="always")(lambda v: v + v)
+        cuda.compile_ptx(calls_inlined, (types.float32[::1],) * 2, cc=ccs[0])
     except Exception as exc:
-        print(json.dumps({"unavailable": f"{type(exc).__name__}: {exc}"}))
+        print(json.dumps({"unavailable": f"{type(exc).__name__}: {str(exc).strip()[:300]}"}))
         return
     from nnmnist.backends import cuda_kernels
     from nnmnist.optim import RULES, optimizer_class
     rules = [optimizer_class(name).rule for name in RULES]
-    control = ("control.contracted", contracted, (types.float32[::1],) * 4)
     for cc in ccs:
         for name, fn, signature in [control, *cuda_kernels.ptx_targets(rules)]:
             ptx, _ = cuda.compile_ptx(fn, signature, cc=cc)
