@@ -23,6 +23,9 @@ The kernels:
 `ptx_targets()` lists every kernel with the signatures the backend launches it with, for the
 tests that compile them to PTX with libNVVM (no device needed).
 """
+import sys
+import threading
+import traceback
 import types
 
 import numpy as np
@@ -42,6 +45,45 @@ else:
         compiled on its own would need a device to learn the compute capability, and the
         tests compile to PTX without one)."""
         return cuda.jit(device=True, inline="always")(fn)
+
+
+def _lock_simulated_shared_arrays():
+    """Make the simulator's `cuda.shared.array` safe for threads that start together.
+
+    The simulator gives each call site (file and line) of a launch one array: a thread's call
+    looks the site up and, if it is missing, creates and stores the array. Without a lock two
+    threads of a block can both miss and each keep its own array, which then is not shared: the
+    top-k kernel then indexes out of its histogram or its output. Six simulated one-epoch runs
+    at once on 2 cores failed so in 4 of 12 tries without the lock, in none of 12 with it. This
+    is the simulator's method with the lookup and the store under a lock.
+    """
+    from numba.cuda.simulator import kernelapi
+    shared = kernelapi.FakeCUDAShared
+    if getattr(shared, "_nnmnist_locked", False):
+        return
+    lock = threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if alignment is not None:
+            raise RuntimeError("Array alignment is not supported in cudasim")
+        if isinstance(dtype, kernelapi.types.Type):
+            dtype = kernelapi.numpy_support.as_dtype(dtype)
+        if shape == 0:  # dynamic shared memory: one buffer for all
+            count = self._dynshared_size // np.dtype(dtype).itemsize
+            return np.frombuffer(self._dynshared.data, dtype=dtype, count=count)
+        caller = tuple(traceback.extract_stack(sys._getframe(1), limit=1)[-1][0:2])
+        with lock:
+            res = self._allocations.get(caller)
+            if res is None:
+                res = self._allocations[caller] = np.empty(shape, dtype)
+        return res
+
+    shared.array = array
+    shared._nnmnist_locked = True
+
+
+if SIMULATED:
+    _lock_simulated_shared_arrays()
 
 
 # -- launch sizes -----------------------------------------------------------------------------

@@ -89,27 +89,38 @@ def config_args(data_dir, **fields):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Every case on both backends, and the two cross resumes, two processes at a time."""
+    """Every case on both backends, and the two cross resumes, two processes at a time, the
+    longest simulated runs first."""
     if MNIST_DIR is None:
         pytest.skip("real MNIST not found")
     root = tmp_path_factory.mktemp("gpu-mnist")
     data = root / "data"
     data.mkdir()
     write_small_mnist(data)
-    jobs = {(name, backend): (config_args(data, **fields), backend, root / name / backend)
-            for name, fields in CASES.items() for backend in ("cpu", "gpu")}
-    jobs[("mlptop-adam-2", "cpu")] = (config_args(data, NetType="mlptop", MaxEpoch=2), "cpu",
-                                      root / "two-epochs")
+
+    def case(name, backend):
+        return run(config_args(data, **CASES[name]), backend, root / name / backend)
+
+    def case_then_resume(backend, other):
+        """mlptop for one epoch on `backend`, then its checkpoint for a second on `other`."""
+        first = case("mlptop-adam", backend)
+        ckpt = first[1]
+        second = run(["--resume", str(ckpt), "--set", "MaxEpoch=2"], other, ckpt.parent)
+        return {("mlptop-adam", backend): first, ("resume", backend, other): second}
+
+    def two_epochs_on_the_cpu():
+        args = config_args(data, **{**CASES["mlptop-adam"], "MaxEpoch": 2})
+        return {("mlptop-adam-2", "cpu"): run(args, "cpu", root / "two-epochs")}
+
+    slow_first = sorted(CASES, key=lambda name: -CASES[name].get("MaxEpoch", 1))
+    jobs = [lambda: case_then_resume("gpu", "cpu"), lambda: case_then_resume("cpu", "gpu")]
+    jobs += [lambda n=name, b=backend: {(n, b): case(n, b)}
+             for backend in ("gpu", "cpu") for name in slow_first if name != "mlptop-adam"]
+    jobs.append(two_epochs_on_the_cpu)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {key: pool.submit(run, *job) for key, job in jobs.items()}
-        done = {key: f.result() for key, f in futures.items()}
-        # Resume each backend's one-epoch mlptop checkpoint on the other for a second epoch.
-        resumes = {}
-        for first, second in (("gpu", "cpu"), ("cpu", "gpu")):
-            ckpt = done[("mlptop-adam", first)][1]
-            resumes[(first, second)] = pool.submit(
-                run, ["--resume", str(ckpt), "--set", "MaxEpoch=2"], second, ckpt.parent)
-        done.update({("resume", *key): f.result() for key, f in resumes.items()})
+        done = {}
+        for result in pool.map(lambda job: job(), jobs):
+            done.update(result)
     return done
 
 

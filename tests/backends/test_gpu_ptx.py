@@ -22,10 +22,14 @@ CCS = ("80", "90")
 def compiled():
     if numba_cuda_error() is not None:
         pytest.skip(f"numba.cuda is missing ({numba_cuda_error()}): pip install .[gpu-sim]")
-    proc = subprocess.run([sys.executable, str(SCRIPT), *CCS], capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    # one process per architecture, side by side
+    procs = [subprocess.Popen([sys.executable, str(SCRIPT), cc], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for cc in CCS]
+    records = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        records += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     if records and "unavailable" in records[0]:
         pytest.skip(f"libNVVM is not installed ({records[0]['unavailable']}): pip install .[gpu-sim]")
     return {(r["kernel"], "".join(map(str, r["cc"]))): r for r in records}
