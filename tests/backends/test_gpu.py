@@ -2,10 +2,10 @@
 in Numba's CUDA simulator (tests/conftest.py turns it on unless NUMBA_ENABLE_CUDASIM=0).
 
 Every test computes with a backend's compute object and checks it against a NumPy reference:
-the naive loops of tests/naive.py, central differences in float64, the update equations, or
-(for the training slices) a whole run of the plain NumPy backend with the same seed. The numpy
-half therefore checks the reference itself against those; the cupy half checks the GPU against
-the same references, so the two array modules are compared through them.
+the naive loops of tests/naive.py, central differences in float64, or the update equations. The
+numpy half therefore checks the reference itself against those; the cupy half checks the GPU
+against the same references, so the two array modules are compared through them. Whole
+training runs of the GPU backend are compared with the CPU's in test_gpu_mnist.py.
 
 Under the simulator the cupy half runs the GPU backend's code with NumPy arrays and the kernels
 in the simulator, so CI (which has no GPU) runs it too; the checks that need real hardware are
