@@ -20,7 +20,6 @@ from nnmnist.nn import ops
 from nnmnist.backends import get_compute, gpu_available, to_numpy
 from nnmnist.backends.cpu import NumpyCompute
 from nnmnist.run.config import Config
-from nnmnist.errors import UserError
 from nnmnist.nn.networks import MLP
 from nnmnist.optim import make_optimizer, optimizer_class
 from nnmnist.run.log import RunLog
