@@ -3,7 +3,7 @@
 Runs on a machine with CuPy and an NVIDIA GPU and writes a markdown report (plus the same numbers
 as JSON beside it). It installs nothing and imports the project from this checkout. Sections:
 
-1. top-k selection: the per-row RawKernel against a CuPy sort of the same rows;
+1. top-k selection: the per-row numba.cuda kernel against a CuPy sort of the same rows;
 2. one training epoch per network (HiddenSize 500, Adam) at minibatch 100 and 10: fp, bp and
    update summed separately, after a warm-up so that compilation is not timed;
 3. a wide network (HiddenSize 8192): dense mlp against unified top-k with k = 8 and 64;
@@ -38,7 +38,7 @@ from nnmnist.data.mnist import mnist_dirs  # noqa: E402
 
 MNIST_DIRS = mnist_dirs()
 
-from epoch_bench import CASES as NETS  # noqa: E402  (the rows of the CPU benchmark)
+from epoch import CASES as NETS  # noqa: E402  (the rows of the CPU benchmark)
 
 WIDE = [
     ("mlp (dense)", dict(NetType="mlp")),

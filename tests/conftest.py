@@ -1,12 +1,20 @@
-"""Shared fixtures: a tiny synthetic MNIST-shaped data set and the path of the real MNIST."""
+"""Shared fixtures: a tiny synthetic MNIST-shaped data set and the path of the real MNIST.
+
+The GPU backend's tests run in Numba's CUDA simulator unless told otherwise: the variable must
+be set before Numba is first imported, so it is set here (NUMBA_ENABLE_CUDASIM=0 in the
+environment runs them on a real device instead).
+"""
+import os
 import socket
 from collections import namedtuple
 from pathlib import Path
 
-import numpy as np
-import pytest
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
-from nnmnist.data.mnist import find_mnist_dir, mnist_dirs
+import numpy as np  # noqa: E402 (after the variable above)
+import pytest  # noqa: E402
+
+from nnmnist.data.mnist import find_mnist_dir, mnist_dirs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = find_mnist_dir()
@@ -26,6 +34,16 @@ def synthetic_splits(n_trn=600, n_dev=200, n_tst=200, n_in=784, seed=0):
             x[y == c, c * block:(c + 1) * block] += 0.5
         return np.ascontiguousarray(x), y.astype(np.int64)
     return Splits(*make(n_trn), *make(n_dev), *make(n_tst))
+
+
+def gpu_backend_runs():
+    """True when Backend 'gpu' can run in this process: on a device, or simulated."""
+    from nnmnist.backends.device import gpu_available, numba_cuda_error, simulated
+    return numba_cuda_error() is None and (simulated() or gpu_available())
+
+
+GPU_REASON = ("the GPU backend cannot run here: no CUDA device, and NUMBA_ENABLE_CUDASIM=0 "
+              "or numba.cuda missing (pip install .[gpu-sim])")
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from numba import prange
 
 from ..kernels._jit import kernel, variants
 from ..kernels.optim import F0, clip_elem
-from .base import CUDA_CLIP, CUDA_L2, Optimizer, Rule, numpy_clip
+from .base import Optimizer, Rule, numpy_clip
 
 
 def _numpy(w, g, h, lr, eps, l2, clip):
@@ -45,13 +45,17 @@ def _rows(W, G, H, rows, lr, eps, l2, clip):
             g[i] = F0
 
 
-_CUDA = f"""
-    T gg = g; {CUDA_L2} {CUDA_CLIP}
-    h = add_rn(h, mul_rn(gg, gg));
-    w = sub_rn(w, div_rn(mul_rn(gg, (T)lr), sqrt_rn(add_rn(h, (T)eps))));
-    g = 0;"""
+def _cuda(rn):
+    """The CUDA body for arrays of type rn.T, every operation rounded as in the NumPy body."""
+    add, sub, mul, div, sqrt, l2_clip = rn.add, rn.sub, rn.mul, rn.div, rn.sqrt, rn.l2_clip
 
-RULE = Rule("adagrad", ("h",), ("lr", "eps", "l2", "clip"), _numpy, _dense, _rows, _CUDA)
+    def elem(w, g, h, lr, eps, l2, clip):
+        g = l2_clip(w, g, l2, clip)
+        h = add(h, mul(g, g))
+        return sub(w, div(mul(g, lr), sqrt(add(h, eps)))), h
+    return elem
+
+RULE = Rule("adagrad", ("h",), ("lr", "eps", "l2", "clip"), _numpy, _dense, _rows, _cuda)
 
 
 class AdaGrad(Optimizer):

@@ -23,7 +23,7 @@ from numba import prange
 
 from ..kernels._jit import kernel, variants
 from ..kernels.optim import F0, clip_elem
-from .base import CUDA_CLIP, CUDA_L2, Optimizer, Rule, numpy_clip
+from .base import Optimizer, Rule, numpy_clip
 
 _B1, _B1C = np.float32(0.9), np.float32(0.1)
 _B2, _B2C = np.float32(0.999), np.float32(0.001)
@@ -75,16 +75,25 @@ def _rows(W, G, M, V, rows, lr_t, l2, clip):
             g[i] = F0
 
 
-_CUDA = f"""
-    T gg = g; {CUDA_L2} {CUDA_CLIP}
-    v = add_rn(mul_rn(v, (T)0.999f), mul_rn((T)0.001f, mul_rn(gg, gg)));
-    if (v < (T)1.2325951644078310e-32) v = 0;
-    m = add_rn(mul_rn(m, (T)0.9f), mul_rn((T)0.1f, gg));
-    if (m < (T)7.8886090522101181e-31 && m > (T)-7.8886090522101181e-31) m = 0;
-    w = sub_rn(w, div_rn(mul_rn((T)lr_t, m), add_rn(sqrt_rn(v), (T)1e-8f)));
-    g = 0;"""
+def _cuda(rn):
+    """The CUDA body for arrays of type rn.T, every operation rounded as in the NumPy body."""
+    add, sub, mul, div, sqrt, l2_clip = rn.add, rn.sub, rn.mul, rn.div, rn.sqrt, rn.l2_clip
+    T = rn.T
+    b1, b1c, b2, b2c, eps = T(_B1), T(_B1C), T(_B2), T(_B2C), T(_EPS)
+    tiny, tiny_v, zero = T(_TINY), T(_TINY_V), T(0)
 
-RULE = Rule("adam", ("m", "v"), ("lr_t", "l2", "clip"), _numpy, _dense, _rows, _CUDA)
+    def elem(w, g, m, v, lr_t, l2, clip):
+        g = l2_clip(w, g, l2, clip)
+        v = add(mul(v, b2), mul(b2c, mul(g, g)))
+        if v < tiny_v:
+            v = zero
+        m = add(mul(m, b1), mul(b1c, g))
+        if abs(m) < tiny:
+            m = zero
+        return sub(w, div(mul(lr_t, m), add(sqrt(v), eps))), m, v
+    return elem
+
+RULE = Rule("adam", ("m", "v"), ("lr_t", "l2", "clip"), _numpy, _dense, _rows, _cuda)
 
 
 class Adam(Optimizer):

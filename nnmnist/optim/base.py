@@ -3,9 +3,10 @@
 The original applies its rules element-wise after every minibatch, with the gradient zeroed
 afterwards. A `Rule` is one such update written three ways, side by side in the rule's module:
 a NumPy body, a Numba element function (compiled into a dense loop and a row loop) and a CUDA
-body (compiled into a dense kernel and two row kernels by `nnmnist.backends.cuda`). The row ("lazy")
-variants are derived from the same body everywhere: NumPy gathers the rows, runs the body and
-scatters them back; the Numba and CUDA row loops call the same element code.
+element function (compiled with `numba.cuda` into a dense kernel and two row kernels by
+`nnmnist.backends.cuda_kernels`). The row ("lazy") variants are derived from the same body
+everywhere: NumPy gathers the rows, runs the body and scatters them back; the Numba and CUDA row
+loops call the same element code.
 """
 import math
 from dataclasses import dataclass
@@ -25,8 +26,11 @@ class Rule:
     numpy(w, g, *state, *scalars): updates w and the state in place (g may be overwritten).
     numba_dense / numba_rows: `Variants` loops over (w, g, *state, *scalars) flat float32
         arrays and over (W, G, *State, rows, *scalars) 2-D arrays and sorted unique rows.
-    cuda: the body of one element over references w, g and the state, in the order of the
-        NumPy body's float32 operations, with `*_rn` rounding helpers (no fused multiply-add).
+    cuda(rn): returns the element function elem(w, g, *state, *scalars) -> new w, or
+        (w, *state) when there is state, for `numba.cuda`. `rn` holds the array type T and its
+        rounding operations (add, sub, mul, div, sqrt: each rounded once, no fused
+        multiply-add; l2_clip(w, g, l2, clip)); the body uses them in the order of the NumPy
+        body's operations, with its constants converted to T, so that a step matches it.
     """
     name: str
     state: tuple
@@ -50,12 +54,6 @@ def numpy_rows(rule, W, G, states, rows, scalars):
     W[rows], G[rows] = w, 0
     for S, part in zip(states, s):
         S[rows] = part
-
-
-# CUDA snippets shared by the rules' bodies: g is clipped to [-clip, clip] when clip > 0 (NaN
-# stays NaN, as with np.clip); L2 adds l2 * w to the gradient first.
-CUDA_CLIP = "if (clip > 0) { if (gg > clip) gg = clip; else if (gg < -clip) gg = -clip; }"
-CUDA_L2 = "if (l2 != 0) gg = add_rn(gg, mul_rn((T)l2, w));"
 
 
 def store_for(params, xp):

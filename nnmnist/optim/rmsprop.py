@@ -17,7 +17,7 @@ from numba import prange
 
 from ..kernels._jit import kernel, variants
 from ..kernels.optim import F0, clip_elem
-from .base import CUDA_CLIP, CUDA_L2, Optimizer, Rule, numpy_clip
+from .base import Optimizer, Rule, numpy_clip
 
 _ONE = np.float32(1.0)
 _TINY = np.float32(2.0 ** -100)  # smaller averages of g^2 are stored as 0 (see above)
@@ -60,14 +60,20 @@ def _rows(W, G, R, rows, lr, rho, eps, l2, clip):
             g[i] = F0
 
 
-_CUDA = f"""
-    T gg = g; {CUDA_L2} {CUDA_CLIP}
-    r = add_rn(mul_rn(r, (T)rho), mul_rn(sub_rn((T)1, (T)rho), mul_rn(gg, gg)));
-    if (r < (T)7.8886090522101181e-31) r = 0;
-    w = sub_rn(w, div_rn(mul_rn(gg, (T)lr), sqrt_rn(add_rn(r, (T)eps))));
-    g = 0;"""
+def _cuda(rn):
+    """The CUDA body for arrays of type rn.T, every operation rounded as in the NumPy body."""
+    add, sub, mul, div, sqrt, l2_clip = rn.add, rn.sub, rn.mul, rn.div, rn.sqrt, rn.l2_clip
+    one, tiny, zero = rn.T(_ONE), rn.T(_TINY), rn.T(0)
 
-RULE = Rule("rmsprop", ("r",), ("lr", "rho", "eps", "l2", "clip"), _numpy, _dense, _rows, _CUDA)
+    def elem(w, g, r, lr, rho, eps, l2, clip):
+        g = l2_clip(w, g, l2, clip)
+        r = add(mul(r, rho), mul(sub(one, rho), mul(g, g)))
+        if r < tiny:
+            r = zero
+        return sub(w, div(mul(g, lr), sqrt(add(r, eps)))), r
+    return elem
+
+RULE = Rule("rmsprop", ("r",), ("lr", "rho", "eps", "l2", "clip"), _numpy, _dense, _rows, _cuda)
 
 
 class RMSProp(Optimizer):

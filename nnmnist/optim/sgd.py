@@ -8,7 +8,7 @@ from numba import prange
 
 from ..kernels._jit import kernel, variants
 from ..kernels.optim import F0, clip_elem
-from .base import CUDA_CLIP, Optimizer, Rule, numpy_clip
+from .base import Optimizer, Rule, numpy_clip
 
 
 def _numpy(w, g, lr_t, clip):
@@ -38,12 +38,15 @@ def _rows(W, G, rows, lr_t, clip):
             g[i] = F0
 
 
-_CUDA = f"""
-    T gg = g; {CUDA_CLIP}
-    w = sub_rn(w, mul_rn((T)lr_t, gg));
-    g = 0;"""
+def _cuda(rn):
+    """The CUDA body for arrays of type rn.T, every operation rounded as in the NumPy body."""
+    sub, mul, l2_clip, no_l2 = rn.sub, rn.mul, rn.l2_clip, rn.T(0)
 
-RULE = Rule("sgd", (), ("lr_t", "clip"), _numpy, _dense, _rows, _CUDA)
+    def elem(w, g, lr_t, clip):
+        return sub(w, mul(lr_t, l2_clip(w, g, no_l2, clip)))
+    return elem
+
+RULE = Rule("sgd", (), ("lr_t", "clip"), _numpy, _dense, _rows, _cuda)
 
 
 class SGD(Optimizer):

@@ -341,6 +341,9 @@ def log_header(cfg, trainer, log):
     log(f"Info: #Trn: {len(trainer.trn_y)}")
     log(f"Info: #Dev: {len(trainer.dev_y)}")
     log(f"Info: #Tst: {len(trainer.tst_y)}")
+    note = getattr(trainer.compute, "note", None)  # e.g. that the GPU backend is simulated
+    if note:
+        log(f"Info: {note}")
 
 
 def train_and_evaluate(cfg, splits, log, compute=None):

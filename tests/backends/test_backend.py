@@ -33,10 +33,14 @@ def test_cpu_backend_does_not_import_the_cuda_backend():
     assert not any(m.endswith("cuda") or m.endswith("device") for m in imports(PACKAGE / "backends" / "cpu.py"))
 
 
-def test_resolve_backend():
+def test_resolve_backend(monkeypatch):
     assert resolve_backend("cpu") == "cpu"
     assert resolve_backend("auto") == ("gpu" if gpu_available() else "cpu")
+    monkeypatch.setenv("NUMBA_ENABLE_CUDASIM", "1")  # the simulator: "gpu" runs, "auto" never picks it
+    assert resolve_backend("auto") == "cpu"
+    assert resolve_backend("gpu") == "gpu"
     if not gpu_available():
+        monkeypatch.setenv("NUMBA_ENABLE_CUDASIM", "0")
         with pytest.raises(UserError, match="gpu"):
             resolve_backend("gpu")
     with pytest.raises(ValueError):

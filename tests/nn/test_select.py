@@ -3,13 +3,16 @@ the fused Numba kernels run only the rules they implement."""
 import numpy as np
 import pytest
 
-from nnmnist.backends import gpu_available, to_numpy
+from nnmnist.backends import to_numpy
 from nnmnist.backends.cpu import NumbaCompute, NumpyCompute
 from nnmnist.nn.layers import Dense, MaskedDense
 from nnmnist.nn.select import RandomK, Selection, SelectionRule, TopK, UnifiedRandomK, UnifiedTopK
 from nnmnist.nn.tensor import Flow, Tensor
 
-GPU = gpu_available()
+try:
+    from ..conftest import GPU_REASON, gpu_backend_runs
+except ImportError:  # tests/ is not a package: pytest put it on sys.path
+    from conftest import GPU_REASON, gpu_backend_runs
 
 
 class LargestK(SelectionRule):
@@ -30,7 +33,7 @@ class SubclassedTopK(TopK):
 
 def computes():
     out = [pytest.param(NumpyCompute, id="numpy"), pytest.param(NumbaCompute, id="numba")]
-    marks = pytest.mark.skipif(not GPU, reason="no CUDA GPU (CuPy missing or no device)")
+    marks = pytest.mark.skipif(not gpu_backend_runs(), reason=GPU_REASON)
 
     def cupy():
         from nnmnist.backends.cuda import CupyCompute
