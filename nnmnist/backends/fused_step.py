@@ -103,6 +103,8 @@ class FusedStep:
         self.hidden, self.last = model.layers[:-1], model.layers[-1]
         self.topk = model.net_type == "mlptop"
         self.lazy = opt.lazy and self.topk
+        self.rule_type = TopK if self.topk else type(None)
+        self.layout = model.store.layout
         store = model.store
         if self.lazy:  # the parameters the lazy step updates densely, as runs of flat slices
             rowwise = {store.index(layer.W) for layer in self.hidden}
@@ -113,6 +115,13 @@ class FusedStep:
                 elif start is not None:
                     self.runs.append((store.offsets[start], store.offsets[i]))
                     start = None
+
+    def covers(self):
+        """True while the model is still as built: a rule swapped after construction, the
+        `DenseWarmup` switch or a new store layout sends the step back to the tape path."""
+        return (self.model._rules is None and self.model.store.layout == self.layout
+                and all(type(layer.rule) is self.rule_type for layer in self.hidden)
+                and self.last.rule is None)
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, x, labels):

@@ -213,7 +213,7 @@ class Trainer:
                 rows = idx_dev[i:i + cfg.MinibatchSize]
                 xb, yb = self.trn_x[rows], self.trn_y[rows]
                 t0 = clock()
-                if self.fused is not None:
+                if self.fused is not None and self.fused.covers():
                     losses, pred = self.fused.forward(xb, yb)
                     t1 = clock()
                     self.fused.backward()

@@ -121,11 +121,21 @@ def test_a_custom_rule_subclass_takes_the_tape_path(tiny_splits):
     class MyTopK(TopK):
         pass
 
-    cfg = Config(NetType="mlptop", TrainTop=6, HiddenSize=32)
+    cfg = Config(NetType="mlptop", TrainTop=6, HiddenSize=32, MinibatchSize=10)
     trainer = Trainer(cfg, tiny_splits)
+    assert trainer.fused.covers()
     for layer in trainer.model.layers[:-1]:
         layer.rule = MyTopK(6)
     assert fused_step_for(cfg, trainer.model, trainer.opt, trainer.compute) is None
+    assert not trainer.fused.covers()  # a Trainer built before the swap takes the tape too
+    taped = []
+    plain = training.Flow.backward
+    training.Flow.backward = lambda self: (taped.append(1), plain(self))
+    try:
+        trainer.train_part(np.arange(20), Timer(), "test")
+    finally:
+        training.Flow.backward = plain
+    assert len(taped) == 2
 
 
 @pytest.mark.parametrize("fields", [dict(NetType="mlp"),
