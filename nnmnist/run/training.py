@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ..backends import get_compute
+from ..backends.fused_step import fused_step_for
 from ..nn.compact import compact
 from ..errors import RunError, UserError
 from ..nn.networks import MLP
@@ -150,6 +151,9 @@ class Trainer:
         self.model = model or MLP(cfg, self.n_in, self.compute, self.net_rng)
         self.model.loss_grad = cfg.LossGrad
         self.opt = make_optimizer(cfg, self.model.params, self.compute, len(splits.trn_y))
+        # The fused step for the cases it covers (built-in mlp / mlptop, Adam, Numba), else
+        # None and the tape path; setting it to None trains by the tape (the reference).
+        self.fused = fused_step_for(cfg, self.model, self.opt, self.compute)
         self.order = np.arange(len(splits.trn_y))
         self.result = Result(param_count=self.model.param_count)
         self.position = None          # where a resumed run continues (state.Position)
@@ -214,6 +218,20 @@ class Trainer:
                 rows = idx_dev[i:i + cfg.MinibatchSize]
                 xb, yb = self.trn_x[rows], self.trn_y[rows]
                 t0 = clock()
+                if self.fused is not None and self.fused.covers():
+                    losses, pred = self.fused.forward(xb, yb)
+                    t1 = clock()
+                    self.fused.backward()
+                    t2 = clock()
+                    self.fused.update()
+                    t3 = clock()
+                    timer.fp += t1 - t0
+                    timer.bp += t2 - t1
+                    timer.update += t3 - t2
+                    loss += losses.mean(dtype=np.float64)
+                    correct += (pred == yb).sum()
+                    bar.update(1)
+                    continue
                 flow = Flow(training=True)
                 losses, pred = self.model.forward(flow, xb, yb)
                 c.sync()
