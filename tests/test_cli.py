@@ -88,8 +88,15 @@ def test_train_and_resume_in_an_empty_folder(tmp_path, mnist_dir):
 def test_a_wheel_carries_the_configs_and_the_command(tmp_path):
     """The wheel holds every package, the shipped configs as package data and the console
     command; unpacked away from the checkout, its config lookup finds its own configs."""
+    import shutil
+    source = tmp_path / "source"  # a copy, so that the build leaves nothing in the checkout
+    shutil.copytree(REPO / "nnmnist", source / "nnmnist",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.nbi", "*.nbc"))
+    shutil.copytree(REPO / "configs", source / "configs")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                            "-q", "-w", str(tmp_path / "dist"), str(REPO)],
+                            "-q", "-w", str(tmp_path / "dist"), str(source)],
                            capture_output=True, text=True, timeout=300)
     if built.returncode != 0 and "No module named" in built.stderr:
         pytest.skip(f"cannot build a wheel here: {built.stderr.strip().splitlines()[-1]}")
