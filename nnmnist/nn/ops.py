@@ -156,25 +156,30 @@ def dropout(flow, x, p, rng, compute):
     return y
 
 
+def softmax_parts(logits, labels, xp):
+    """Per-example -log p[label] and predictions of a (batch, classes) array of logits, with
+    what the gradient p - onehot is made of: exp(z - max) e, its row sums s and the row
+    indices."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = xp.exp(z)
+    s = e.sum(axis=1, keepdims=True)
+    rows = xp.arange(z.shape[0])
+    return xp.log(s[:, 0]) - z[rows, labels], z.argmax(axis=1), e, s, rows
+
+
 def softmax_cross_entropy(flow, logits, labels, xp, mean=False):
     """Per-example -log p[label] and predictions; backward hands p - onehot to the logits.
 
     The gradient is NOT divided by the minibatch size: the original optimises the summed loss.
     With `mean` it is: (p - onehot) / batch, the gradient of the minibatch's mean loss.
     """
-    z = logits.value
-    z = z - z.max(axis=1, keepdims=True)
-    e = xp.exp(z)
-    s = e.sum(axis=1, keepdims=True)
-    rows = xp.arange(z.shape[0])
-    losses = xp.log(s[:, 0]) - z[rows, labels]
-    pred = z.argmax(axis=1)
+    losses, pred, e, s, rows = softmax_parts(logits.value, labels, xp)
 
     def backward():
         g = e / s
         g[rows, labels] -= 1
         if mean:
-            g /= z.shape[0]
+            g /= g.shape[0]
         accumulate(logits, g)
     flow.record(backward)
     return losses, pred

@@ -225,23 +225,17 @@ class Trainer:
                     t2 = clock()
                     self.fused.update()
                     t3 = clock()
-                    timer.fp += t1 - t0
-                    timer.bp += t2 - t1
-                    timer.update += t3 - t2
-                    loss += losses.mean(dtype=np.float64)
-                    correct += (pred == yb).sum()
-                    bar.update(1)
-                    continue
-                flow = Flow(training=True)
-                losses, pred = self.model.forward(flow, xb, yb)
-                c.sync()
-                t1 = clock()
-                flow.backward()
-                c.sync()
-                t2 = clock()
-                self.opt.step(flow.selections)
-                c.sync()
-                t3 = clock()
+                else:
+                    flow = Flow(training=True)
+                    losses, pred = self.model.forward(flow, xb, yb)
+                    c.sync()
+                    t1 = clock()
+                    flow.backward()
+                    c.sync()
+                    t2 = clock()
+                    self.opt.step(flow.selections)
+                    c.sync()
+                    t3 = clock()
                 timer.fp += t1 - t0
                 timer.bp += t2 - t1
                 timer.update += t3 - t2
