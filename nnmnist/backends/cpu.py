@@ -8,6 +8,7 @@
 import numpy as np
 
 from ..optim.base import numpy_rows
+from ..nn.lstm import cell_backward, cell_forward
 from ..nn.select import RandomK, Selection, TopK, UnifiedRandomK, UnifiedTopK
 
 # The rules the fused Numba kernels implement (exactly these classes, not subclasses).
@@ -95,6 +96,21 @@ class NumpyCompute:
         """meSimp's hit count: every chosen (example, neuron) adds one hit to that neuron."""
         hits += np.bincount(idx.ravel(), minlength=hits.shape[0])
 
+    # -- the LSTM tagger ------------------------------------------------------------------------
+    def lstm_cell_forward(self, z, c_prev, c_out, tc_out, h_out):
+        """One LSTM step after its products (`nnmnist.nn.lstm.cell_forward`): z's gate
+        pre-activations become activations; c, tanh(c) and h are written out."""
+        cell_forward(self.xp, z, c_prev, c_out, tc_out, h_out)
+
+    def lstm_cell_backward(self, dh, dc, acts, c_prev, tc, dz_out):
+        """The step's backward (`nnmnist.nn.lstm.cell_backward`): dz into dz_out; returns the
+        gradient reaching c_prev."""
+        return cell_backward(self.xp, dh, dc, acts, c_prev, tc, dz_out)
+
+    def add_rows(self, G, ids, d):
+        """G[ids[i]] += d[i] for every i (ids may repeat): an embedding table's gradient."""
+        self.xp.add.at(G, ids, d)
+
     # -- optimizer updates (in place; each zeroes g afterwards) -------------------------------
     def update(self, rule, w, g, states, scalars):
         """One step of an optimizer `Rule` over w (any shape) and its state; g is zeroed."""
@@ -116,6 +132,10 @@ def _all_float32(*arrays):
     return all(a.dtype == np.float32 for a in arrays)
 
 
+def _contiguous(*arrays):
+    return all(a.flags.c_contiguous for a in arrays)
+
+
 class NumbaCompute(NumpyCompute):
     """The plain path with its hot loops replaced by Numba kernels.
 
@@ -128,7 +148,8 @@ class NumbaCompute(NumpyCompute):
     def __init__(self):
         from .. import kernels
         from ..kernels import unchecked
-        self.kernels, self.fast = kernels, unchecked
+        from ..kernels import lstm
+        self.kernels, self.fast, self.lstm = kernels, unchecked, lstm
         self._workspaces = {}  # (k, n_out) -> reusable scratch of the sparse backward
 
     def _workspace(self, batch, k, n_out):
@@ -179,6 +200,24 @@ class NumbaCompute(NumpyCompute):
 
     def rows_touched(self, idx, n_out):
         return self.kernels.rows_touched(idx, n_out)
+
+    def lstm_cell_forward(self, z, c_prev, c_out, tc_out, h_out):
+        if not (_all_float32(z, c_prev, c_out, tc_out, h_out) and _contiguous(z, c_prev, c_out, tc_out, h_out)):
+            return super().lstm_cell_forward(z, c_prev, c_out, tc_out, h_out)
+        self.lstm.cell_forward(z, c_prev, c_out, tc_out, h_out)
+
+    def lstm_cell_backward(self, dh, dc, acts, c_prev, tc, dz_out):
+        arrays = (dh, dc, acts, c_prev, tc, dz_out)
+        if not (_all_float32(*arrays) and _contiguous(*arrays)):
+            return super().lstm_cell_backward(dh, dc, acts, c_prev, tc, dz_out)
+        dc_prev = np.empty_like(tc)
+        self.lstm.cell_backward(dh, dc, acts, c_prev, tc, dz_out, dc_prev)
+        return dc_prev
+
+    def add_rows(self, G, ids, d):
+        if not (_all_float32(G, d) and _contiguous(G, d)):
+            return super().add_rows(G, ids, d)
+        self.lstm.add_rows(G, ids.astype(np.int64, copy=False), d)
 
     def record_hits(self, idx, hits):
         self.kernels.record_hits(idx, hits)

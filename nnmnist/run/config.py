@@ -12,13 +12,17 @@ from .. import fsio
 from ..errors import UserError
 from ..optim import RULES as OPT_RULES
 
-NET_TYPES = ("mlp", "mlprand", "mlptop", "mlpvar")
+MLP_NETS = ("mlp", "mlprand", "mlptop", "mlpvar")
+TAGGER_NETS = ("lstm", "lstmtop", "lstmrand")  # the part-of-speech tagger (docs/MODELS.md)
+NET_TYPES = MLP_NETS + TAGGER_NETS
 OPT_TYPES = tuple(OPT_RULES)  # the optimizer registry's names
 BACKENDS = ("cpu", "gpu", "auto")
 KERNELS = ("numba", "numpy")
 LOSS_GRADS = ("sum", "mean")
 CHECKPOINTS = ("epoch", "best", "none")  # what a run keeps on disk besides its log
-K_NETS = ("mlprand", "mlptop", "mlpvar")
+K_NETS = ("mlprand", "mlptop", "mlpvar", "lstmtop", "lstmrand")
+TOPK_SCOPES = ("gate", "whole")
+UPOS_COUNT = 17  # the tagger's labels: the universal POS tags
 
 
 def shipped_configs():
@@ -82,6 +86,15 @@ class Config:
     LossGrad: str = "sum"        # gradient of the minibatch's summed loss (the original) or its mean
     DenseWarmup: int = 0         # mlptop/mlprand: back-propagate densely for the first this many steps
     Checkpoint: str = "epoch"    # epoch: checkpoint and best model; best: the best model; none: neither
+    # The part-of-speech tagger's (NetType lstm, lstmtop, lstmrand; docs/CONFIG.md).
+    DevFile: str = ""            # its development split (MNIST's is the first 5,000 training images)
+    EmbedSize: int = 100         # width of the word embeddings
+    MinCount: int = 2            # training-set count a word needs to get its own embedding
+    TopKScope: str = "gate"      # gate: k of each gate's H entries; whole: k of all 4H
+
+    @property
+    def is_tagger(self):
+        return self.NetType in TAGGER_NETS
 
     @property
     def uses_k(self):
@@ -108,27 +121,33 @@ class Config:
                 if getattr(self, name):
                     notes.append(f"{name} has no effect with NetType {self.NetType} "
                                  "(it only changes meProp's sparse backward)")
-        if self.DenseWarmup and self.NetType == "mlp":
-            notes.append("DenseWarmup has no effect with NetType mlp (it already back-propagates "
-                         "densely)")
+        if self.DenseWarmup and self.NetType in ("mlp", "lstm"):
+            notes.append(f"DenseWarmup has no effect with NetType {self.NetType} (it already "
+                         "back-propagates densely)")
         if (backend or self.Backend) == "gpu" and self.Kernels != "numba":
             notes.append("Kernels has no effect with Backend gpu")
         return notes
 
     def header_lines(self):
         """`Name: value` for every field, sorted by name, as the log's header prints them."""
+        model = "tagger" if self.is_tagger else "mlp"
         return [f"{f.name}: {csharp_format(getattr(self, f.name))}"
                 for f in sorted(fields(self), key=lambda f: f.name)
-                if f.name not in _RULE_FIELDS or _RULE_FIELDS[f.name] == self.OptType]
+                if (f.name not in _RULE_FIELDS or _RULE_FIELDS[f.name] == self.OptType)
+                and _MODEL_FIELDS.get(f.name, model) == model]
 
 
 # Fields of one optimizer only, printed in the header only when it is the OptType.
 _RULE_FIELDS = {"RmsDecay": "rmsprop"}
+# Fields of one model only, printed in the header only for it.
+_MODEL_FIELDS = {"TrainLabelFile": "mlp", "TestLabelFile": "mlp", "Prune": "mlp",
+                 "TrainCycle": "mlp", "Compact": "mlp", "DevFile": "tagger",
+                 "EmbedSize": "tagger", "MinCount": "tagger", "TopKScope": "tagger"}
 FIELD_TYPES = {f.name: f.type for f in fields(Config)}
 # The original read its JSON with case-insensitive names and enum values; so do we.
 _BY_LOWER = {name.lower(): name for name in FIELD_TYPES}
 _CHOICES = {"NetType": NET_TYPES, "OptType": OPT_TYPES, "Backend": BACKENDS, "Kernels": KERNELS,
-            "LossGrad": LOSS_GRADS, "Checkpoint": CHECKPOINTS}
+            "LossGrad": LOSS_GRADS, "Checkpoint": CHECKPOINTS, "TopKScope": TOPK_SCOPES}
 _OPTIONAL_PATHS = ("DataDir", "LogDir")  # null means "the default place"
 
 
@@ -213,11 +232,27 @@ def validate(cfg, source="config"):
     _check(c.NetType in NET_TYPES, source, "NetType", c.NetType, f"must be one of {', '.join(NET_TYPES)}")
     _check(c.OptType in OPT_TYPES, source, "OptType", c.OptType, f"must be one of {', '.join(OPT_TYPES)}")
     _check(0 <= c.Prune <= 1, source, "Prune", c.Prune, "must be in [0, 1]")
-    for name in ("TestFile", "TestLabelFile", "TrainFile", "TrainLabelFile"):
+    files = ("TrainFile", "DevFile", "TestFile") if c.is_tagger else (
+        "TestFile", "TestLabelFile", "TrainFile", "TrainLabelFile")
+    for name in files:
         _check(getattr(c, name).strip() != "", source, name, getattr(c, name), "must name a file")
     if c.NetType == "mlpvar":
         _check(c.TrainCycle >= 1, source, "TrainCycle", c.TrainCycle, "must be >= 1 for mlpvar")
-    if c.uses_k:
+    _check(c.TopKScope in TOPK_SCOPES, source, "TopKScope", c.TopKScope,
+           f"must be one of {', '.join(TOPK_SCOPES)}")
+    if c.is_tagger:
+        _check(c.Layers == 2, source, "Layers", c.Layers,
+               f"must be 2 for {c.NetType} (one bidirectional LSTM layer, then the output layer)")
+        _check(c.LabelCount == UPOS_COUNT, source, "LabelCount", c.LabelCount,
+               f"must be {UPOS_COUNT} for {c.NetType} (the universal POS tags)")
+        _check(c.EmbedSize >= 1, source, "EmbedSize", c.EmbedSize, "must be >= 1")
+        _check(c.MinCount >= 1, source, "MinCount", c.MinCount, "must be >= 1")
+        if c.uses_k:
+            width = c.HiddenSize if c.TopKScope == "gate" else 4 * c.HiddenSize
+            what = "HiddenSize" if c.TopKScope == "gate" else "4 x HiddenSize"
+            _check(1 <= c.TrainTop <= width, source, "TrainTop", c.TrainTop,
+                   f"k must be between 1 and {what} ({width}) with TopKScope {c.TopKScope}")
+    elif c.uses_k:
         _check(c.Layers >= 2, source, "Layers", c.Layers,
                f"{c.NetType} needs at least one hidden layer (Layers >= 2)")
         _check(1 <= c.TrainTop <= c.HiddenSize, source, "TrainTop", c.TrainTop,

@@ -271,9 +271,15 @@ def build_trainer(cfg, source, backend, config_dir, work_dir, console, offline, 
     say = (lambda text: print(text, file=sys.stderr)) if console else None
     log = print if console else (lambda *a, **k: None)
     compute = get_compute(backend, cfg.Kernels)
-    splits = in_background(lambda: load_mnist(data_cfg, config_dir=config_dir,
-                                              allow_fetch=False if offline else None, log=log),
-                           lambda: compile_for(cfg, compute, say))
+    allow_fetch = False if offline else None
+    if cfg.is_tagger:
+        from ..data.conllu import load_tagger_data
+        load = lambda: load_tagger_data(data_cfg, data_dir_of, config_dir,  # noqa: E731
+                                        allow_fetch, log)
+    else:
+        load = lambda: load_mnist(data_cfg, config_dir=config_dir,  # noqa: E731
+                                  allow_fetch=allow_fetch, log=log)
+    splits = in_background(load, lambda: compile_for(cfg, compute, say))
     try:
         trainer = Trainer(cfg, splits, compute=compute)
     except MemoryError:
@@ -281,7 +287,7 @@ def build_trainer(cfg, source, backend, config_dir, work_dir, console, offline, 
                         f"(HiddenSize = {cfg.HiddenSize}, Layers = {cfg.Layers})") from None
     trainer.config_dir = config_dir
     trainer.work_dir = work_dir
-    trainer.data_dir = os.path.abspath(data_dir_of(data_cfg))
+    trainer.data_dir = os.path.abspath(data_dir_of(data_cfg))  # the tagger's: see conllu.tagger_dir
     return trainer
 
 

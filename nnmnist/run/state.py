@@ -25,7 +25,10 @@ def network_arrays(model):
 
 
 def network_meta(model):
-    """Shapes: the input width, each layer's physical width and its width as built."""
+    """Shapes: the input width, each layer's physical width and its width as built (the
+    tagger: its own `meta()`, with "kind": "tagger")."""
+    if getattr(model, "kind", None) == "tagger":
+        return model.meta()
     return {
         "n_in": int(model.layers[0].W.shape[1]),
         "widths": [int(layer.n_out) for layer in model.layers],
@@ -38,6 +41,8 @@ def load_network(model, mf):
     layers are first compacted to the file's widths if the file's were, then the state dict is
     copied in place (`Network.load_state_dict`)."""
     net = mf.field("network")
+    if getattr(model, "kind", None) == "tagger":
+        return _load_tagger(model, mf, net)
     n_in = int(model.layers[0].W.shape[1])
     widths, totals = net.get("widths"), net.get("totals")
     if (net.get("n_in") != n_in or not isinstance(widths, list) or not isinstance(totals, list)
@@ -59,10 +64,26 @@ def load_network(model, mf):
         raise UserError(f"{mf.path}: {exc}") from None
 
 
+def _load_tagger(model, mf, net):
+    if net != model.meta():
+        raise UserError(f"{mf.path}: field network = {net} does not fit the tagger the config "
+                        f"builds ({model.meta()})")
+    try:
+        model.load_state_dict(section(mf.arrays, NET))
+    except UserError as exc:
+        raise UserError(f"{mf.path}: {exc}") from None
+
+
 def build_network(mf, cfg, compute):
     """The training network of a checkpoint or best model, built as its run built it and
-    loaded with the file's state."""
+    loaded with the file's state (the tagger with the vocabulary the file holds)."""
     from ..nn.networks import MLP
+    if cfg.is_tagger:
+        from ..nn.lstm import Tagger
+        vocab = tuple(str(w) for w in mf.array(NET + "vocab").tolist())
+        model = Tagger(cfg, vocab, compute, np.random.default_rng(0))
+        load_network(model, mf)
+        return model
     n_in = int(mf.field("network").get("n_in", 0))
     model = MLP(cfg, n_in, compute, np.random.default_rng(0))
     load_network(model, mf)

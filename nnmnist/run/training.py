@@ -7,6 +7,7 @@ import numpy as np
 
 from ..backends import get_compute
 from ..backends.fused_step import fused_step_for
+from ..data.conllu import batch_by_length, lengths_of
 from ..nn.compact import compact
 from ..errors import RunError, UserError
 from ..nn.networks import MLP
@@ -121,14 +122,34 @@ def evaluate(model, x, y, compute, batch):
     xp = compute.xp
     start = time.perf_counter()
     loss, correct = xp.zeros((), dtype=np.float64), xp.zeros((), dtype=np.int64)
+    total = xp.zeros((), dtype=np.int64)
     flow = Flow(training=False)
+    prepare = getattr(model, "prepare_batch", None)
     for i in range(0, len(y), batch):
-        losses, pred = model.forward(flow, x[i:i + batch], y[i:i + batch])
+        xb, yb = x[i:i + batch], y[i:i + batch]
+        if prepare is not None:
+            xb, yb = prepare(xb, yb)
+        losses, pred = model.forward(flow, xb, yb)
         loss += losses.mean(dtype=np.float64)
-        correct += (pred == y[i:i + batch]).sum()
+        correct += (pred == yb).sum()
+        total += count_of(model, yb)
     loss, correct = float(loss), int(correct)
     n_batches = -(-len(y) // batch)
-    return Score(loss / max(n_batches, 1), correct, len(y), time.perf_counter() - start)
+    return Score(loss / max(n_batches, 1), correct, int(total), time.perf_counter() - start)
+
+
+def count_of(model, y):
+    """What a minibatch's labels score: its examples, or for the tagger its tokens."""
+    count = getattr(model, "count", None)
+    return len(y) if count is None else count(y)
+
+
+def build_model(cfg, splits, compute, rng):
+    """The network a config describes: the MLP, or for NetType lstm* the tagger."""
+    if cfg.is_tagger:
+        from ..nn.lstm import Tagger
+        return Tagger(cfg, splits.vocab, compute, rng)
+    return MLP(cfg, splits.trn_x.shape[1], compute, rng)
 
 
 class Trainer:
@@ -147,8 +168,10 @@ class Trainer:
         self.trn_x, self.trn_y = xp.asarray(splits.trn_x), xp.asarray(splits.trn_y)
         self.dev_x, self.dev_y = xp.asarray(splits.dev_x), xp.asarray(splits.dev_y)
         self.tst_x, self.tst_y = xp.asarray(splits.tst_x), xp.asarray(splits.tst_y)
-        self.n_in = splits.trn_x.shape[1]
-        self.model = model or MLP(cfg, self.n_in, self.compute, self.net_rng)
+        self.n_in = splits.n_in if getattr(cfg, "is_tagger", False) else splits.trn_x.shape[1]
+        self.model = model or build_model(cfg, splits, self.compute, self.net_rng)
+        # the tagger's sentence lengths: its minibatches are cut by length (`batch_by_length`)
+        self.lengths = lengths_of(splits.trn_x) if getattr(cfg, "is_tagger", False) else None
         self.model.loss_grad = cfg.LossGrad
         self.opt = make_optimizer(cfg, self.model.params, self.compute, len(splits.trn_y))
         # The fused step for the cases it covers (built-in mlp / mlptop, Adam, Numba), else
@@ -209,6 +232,8 @@ class Trainer:
         clock = time.perf_counter
         start = clock()
         loss, correct = xp.zeros((), dtype=np.float64), xp.zeros((), dtype=np.int64)
+        total = xp.zeros((), dtype=np.int64)
+        prepare = getattr(self.model, "prepare_batch", None)
         idx_dev = xp.asarray(idx)
         n_batches = -(-len(idx) // cfg.MinibatchSize)
         with self.log.progress(n_batches, desc) as bar:
@@ -217,6 +242,8 @@ class Trainer:
                     self.model.dense_backward(i // cfg.MinibatchSize < dense_steps)
                 rows = idx_dev[i:i + cfg.MinibatchSize]
                 xb, yb = self.trn_x[rows], self.trn_y[rows]
+                if prepare is not None:
+                    xb, yb = prepare(xb, yb)
                 t0 = clock()
                 if self.fused is not None and self.fused.covers():
                     losses, pred = self.fused.forward(xb, yb)
@@ -241,12 +268,13 @@ class Trainer:
                 timer.update += t3 - t2
                 loss += losses.mean(dtype=np.float64)
                 correct += (pred == yb).sum()
+                total += count_of(self.model, yb)
                 bar.update(1)
         if cfg.DenseWarmup:
             self.model.dense_backward(False)  # a part never leaves the model switched
         # As the original: the part's loss is the mean of its minibatches' mean losses.
         loss, correct = float(loss), int(correct)
-        return Score(loss / max(n_batches, 1), correct, len(idx), clock() - start)
+        return Score(loss / max(n_batches, 1), correct, int(total), clock() - start)
 
     def _run(self):
         cfg, log, res = self.cfg, self.log, self.result
@@ -258,6 +286,8 @@ class Trainer:
             resumed = epoch == pos.epoch and pos.part > 0  # keeps the order it was shuffled into
             if not resumed:
                 self.data_rng.shuffle(self.order)
+                if self.lengths is not None:
+                    self.order[...] = batch_by_length(self.order, self.lengths, cfg.MinibatchSize)
             timer = Timer(*pos.epoch_time) if resumed else Timer()
             for part, (start, size) in enumerate(part_bounds(len(self.order), cfg.IterPerEpoch)):
                 if resumed and part < pos.part:
@@ -353,6 +383,9 @@ def log_header(cfg, trainer, log):
     log(f"Info: #Trn: {len(trainer.trn_y)}")
     log(f"Info: #Dev: {len(trainer.dev_y)}")
     log(f"Info: #Tst: {len(trainer.tst_y)}")
+    if trainer.lengths is not None:  # the tagger: sentences above, tokens here
+        tokens = [int(count_of(trainer.model, y)) for y in (trainer.trn_y, trainer.dev_y, trainer.tst_y)]
+        log(f"Info: #Tokens: {tokens[0]}, {tokens[1]}, {tokens[2]} (trn, dev, tst)")
     note = getattr(trainer.compute, "note", None)  # e.g. that the GPU backend is simulated
     if note:
         log(f"Info: {note}")

@@ -34,8 +34,9 @@ def miniature(cfg):
     (NetType, OptType, Layers, Unified, LazyUpdate, the share of kept neurons, a minibatch on
     the same side of the kernels' batch thresholds)."""
     k = max(1, min(MINI_WIDTH, round(cfg.TrainTop * MINI_WIDTH / max(cfg.HiddenSize, 1))))
-    return dataclasses.replace(cfg, HiddenSize=MINI_WIDTH, TrainTop=k,
+    mini = dataclasses.replace(cfg, HiddenSize=MINI_WIDTH, TrainTop=k,
                                MinibatchSize=min(cfg.MinibatchSize, 40), DenseWarmup=0)
+    return dataclasses.replace(mini, EmbedSize=MINI_IN) if cfg.is_tagger else mini
 
 
 def modes():
@@ -65,6 +66,8 @@ def compile_for(cfg, compute, say=None):
 
 
 def _train_miniature(cfg, compute):
+    if cfg.is_tagger:
+        return _train_mini_tagger(cfg, compute)
     rng = np.random.default_rng(0)
     model = MLP(cfg, MINI_IN, compute, rng)
     model.loss_grad = cfg.LossGrad
@@ -82,6 +85,25 @@ def _train_miniature(cfg, compute):
             model.prune(cfg.Prune)
             if cfg.Compact:
                 compact(model, opt)
+    model.forward(Flow(training=False), x, y)
+
+
+def _train_mini_tagger(cfg, compute):
+    """Two steps of a miniature tagger on random sentences (some padded)."""
+    from ..nn.lstm import Tagger
+    rng = np.random.default_rng(0)
+    vocab = [f"w{i}" for i in range(MINI_IN + 2)]
+    model = Tagger(cfg, vocab, compute, rng)
+    opt = make_optimizer(cfg, model.params, compute, 2 * cfg.MinibatchSize)
+    batch, longest = cfg.MinibatchSize, 5
+    x = rng.integers(1, len(vocab), (batch, longest)).astype(np.int32)
+    x[::2, 3:] = 0  # padding
+    y = np.where(x > 0, rng.integers(0, cfg.LabelCount, x.shape), -1).astype(np.int32)
+    for _ in range(2):
+        flow = Flow(training=True)
+        model.forward(flow, x, y)
+        flow.backward()
+        opt.step(flow.selections)
     model.forward(Flow(training=False), x, y)
 
 

@@ -1,0 +1,411 @@
+"""The part-of-speech tagger: word embeddings, a bidirectional LSTM and a softmax over the
+tags, with meProp in the LSTM's backward (docs/MODELS.md).
+
+Arrays are time-major inside: a minibatch of B sentences padded to L words is (L, B, ...),
+so that each time step is one contiguous (B, ...) block. Padding is always at the end of a
+sentence (the backward direction reads each sentence reversed, `reverse_each`), so no valid
+output ever depends on a padded step and the gradient at padded steps is exactly zero: the
+only masks needed are the loss's (which tokens count) and the reversal.
+
+meProp applies to the output gradient of each matrix product (the gate pre-activations
+z = x Wx.T + h Wh.T + b, at every step, for every sentence). With `per_gate` (the default,
+`TopKScope` gate) k entries are kept in each of the four H-wide gate blocks (4k of 4H);
+otherwise k of the whole 4H-wide vector. The kept entries flow to Wx, Wh, the input and the
+previous hidden state; the bias and the element-wise cell take the whole gradient, as the
+MLP's units do.
+"""
+import json
+
+import numpy as np
+
+from . import ops
+from .layers import Dense
+from .params import ParamStore, StateDictError, check_state_keys, load_into
+from .select import RandomK, Selection, TopK, UnifiedRandomK, UnifiedTopK
+from .tensor import Tensor
+
+PAD = 0          # word id of padding (the same as nnmnist.data.conllu.PAD)
+NO_TAG = -2      # the prediction written at padded places (never equal to a tag or to -1)
+
+
+# ---------------------------------------------------------------- the element-wise cell
+
+def cell_forward(xp, z, c_prev, c_out, tc_out, h_out):
+    """One LSTM step after the products: z (B, 4H) holds the pre-activations of the gates
+    i, f, g, o and is overwritten with their activations; c = f*c_prev + i*g, h = o*tanh(c)
+    go to c_out, h_out (tanh(c) to tc_out). The plain reference of `compute.lstm_cell_forward`."""
+    H = c_out.shape[1]
+    z[:, :2 * H] = 1 / (1 + xp.exp(-z[:, :2 * H]))
+    z[:, 2 * H:3 * H] = xp.tanh(z[:, 2 * H:3 * H])
+    z[:, 3 * H:] = 1 / (1 + xp.exp(-z[:, 3 * H:]))
+    i, f, g, o = z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:]
+    c_out[...] = f * c_prev + i * g
+    tc_out[...] = xp.tanh(c_out)
+    h_out[...] = o * tc_out
+
+
+def cell_backward(xp, dh, dc, acts, c_prev, tc, dz_out):
+    """The step's backward: given dh and dc (the gradient reaching c from the next step),
+    write dz (B, 4H), the gradient of the gates' pre-activations, into dz_out and return the
+    gradient reaching c_prev. The plain reference of `compute.lstm_cell_backward`."""
+    H = tc.shape[1]
+    i, f, g, o = acts[:, :H], acts[:, H:2 * H], acts[:, 2 * H:3 * H], acts[:, 3 * H:]
+    dct = dc + dh * o * (1 - tc * tc)
+    dz_out[:, :H] = dct * g * i * (1 - i)
+    dz_out[:, H:2 * H] = dct * c_prev * f * (1 - f)
+    dz_out[:, 2 * H:3 * H] = dct * i * (1 - g * g)
+    dz_out[:, 3 * H:] = dh * tc * o * (1 - o)
+    return dct * f
+
+
+# ---------------------------------------------------------------- meProp inside the cell
+
+def select_gates(rule, dz, compute, rng, per_gate):
+    """The Selection of dz (B, 4H) that flows back through the gates' products.
+
+    `per_gate`: k entries of each gate's H-wide block (columns ascending in each row, 4k in
+    all); otherwise the rule on the whole 4H-wide row. Unified rules choose one set of columns
+    for the whole minibatch (per gate: the k largest column sums of |dz| in each block)."""
+    if not per_gate:
+        return rule(dz, compute, rng)
+    B, four_h = dz.shape
+    H, k = four_h // 4, rule.k
+    xp = compute.xp
+    offsets = (xp.arange(4, dtype=np.int32) * H)[:, None]
+    if type(rule) is TopK:
+        idx = compute.select_topk_rows(dz.reshape(B * 4, H), k).reshape(B, 4, k)
+    elif type(rule) is RandomK:
+        idx = compute.select_random_rows(rng, B * 4, H, k).reshape(B, 4, k)
+    elif type(rule) is UnifiedTopK:
+        score = xp.abs(dz).sum(axis=0).reshape(4, H)
+        cols = compute.select_topk_rows(xp.ascontiguousarray(score), k)
+        return Selection((cols + offsets).reshape(4 * k).astype(np.int32), B, unified=True)
+    elif type(rule) is UnifiedRandomK:
+        cols = compute.select_random_rows(rng, 4, H, k)
+        return Selection((cols + offsets).reshape(4 * k).astype(np.int32), B, unified=True)
+    else:
+        raise TypeError(f"{rule!r}: the LSTM's per-gate selection knows the four built-in rules")
+    idx = (idx + offsets[None]).reshape(B, 4 * k).astype(np.int32)
+    return Selection(idx, B)
+
+
+# ---------------------------------------------------------------- ops
+
+class RowSelection:
+    """The rows of an embedding table that received gradient (sorted, unique): what a lazy
+    optimizer updates (`Optimizer.step(flow.selections)`)."""
+
+    unified = True
+
+    def __init__(self, rows):
+        self.chosen = rows
+
+    def rows(self, compute, n_rows):
+        return self.chosen
+
+
+def embed(flow, table, ids, compute):
+    """Rows of `table` for the word ids `ids` (any shape): out[...] = table[ids[...]]. The
+    gradient is row-sparse: only the rows of the ids present receive it."""
+    xp = compute.xp
+    y = Tensor(table.value[ids], requires_grad=True)
+
+    def backward():
+        d = y.grad.reshape(-1, table.shape[1])
+        flat = ids.reshape(-1)
+        compute.add_rows(table.grad, flat, d)
+        rows = xp.unique(flat)
+        flow.selected(table, RowSelection(rows[rows != PAD].astype(np.int32)))
+    flow.record(backward)
+    return y
+
+
+def reverse_each(flow, x, src, xp):
+    """out[t, b] = x[src[t, b], b]: each sentence's words reversed (src from `reversal`).
+    The permutation is its own inverse, so the backward applies it again."""
+    cols = xp.arange(x.shape[1])
+    y = Tensor(x.value[src, cols], requires_grad=True)
+
+    def backward():
+        ops.accumulate(x, y.grad[src, cols])
+    flow.record(backward)
+    return y
+
+
+def reversal(lengths, L, xp):
+    """(L, B) time indices that reverse the first lengths[b] steps of column b and leave the
+    padding after them in place."""
+    t = xp.arange(L)[:, None]
+    n = lengths[None, :]
+    return xp.where(t < n, n - 1 - t, t)
+
+
+def concat(flow, a, b, xp):
+    """The last axes of a and b side by side."""
+    n = a.shape[-1]
+    y = Tensor(xp.concatenate([a.value, b.value], axis=-1), requires_grad=True)
+
+    def backward():
+        g = y.grad
+        ops.accumulate(a, g[..., :n])
+        ops.accumulate(b, g[..., n:])
+    flow.record(backward)
+    return y
+
+
+def take_rows(flow, x, rows, xp):
+    """x[rows] for a 2-D x and distinct row indices."""
+    y = Tensor(x.value[rows], requires_grad=True)
+
+    def backward():
+        g = xp.zeros_like(x.value)
+        g[rows] = y.grad
+        ops.accumulate(x, g)
+    flow.record(backward)
+    return y
+
+
+# ---------------------------------------------------------------- the LSTM layer
+
+class LSTM:
+    """One direction of an LSTM over time-major input (L, B, n_in), from zero states.
+
+    Parameters: Wx (4H, n_in), Wh (4H, H) and b (4H), gates in the order i, f, g, o, all
+    drawn uniformly from [-1/sqrt(H), 1/sqrt(H)]. `rule` (a SelectionRule, None: ordinary
+    backprop) and `per_gate` decide meProp's selection (see the module's doc).
+    """
+
+    def __init__(self, n_in, hidden, rng, compute, rule=None, per_gate=True):
+        bound = 1.0 / np.sqrt(hidden)
+        draw = lambda *shape: compute.xp.asarray(  # noqa: E731
+            rng.uniform(-bound, bound, size=shape).astype(np.float32))
+        self.Wx = Tensor(draw(4 * hidden, n_in), name="Wx")
+        self.Wh = Tensor(draw(4 * hidden, hidden), name="Wh")
+        self.b = Tensor(draw(4 * hidden), name="b")
+        self.hidden, self.compute, self.rng = hidden, compute, rng
+        self.rule, self.per_gate = rule, per_gate
+        if rule is not None:
+            width = hidden if per_gate else 4 * hidden
+            if rule.k > width:
+                raise ValueError(f"{rule!r}: k = {rule.k} is more than the {width} entries it "
+                                 "selects from")
+
+    @property
+    def params(self):
+        return [self.Wx, self.Wh, self.b]
+
+    def __call__(self, flow, xs):
+        c, xp, H = self.compute, self.compute.xp, self.hidden
+        L, B, n_in = xs.shape
+        Wx, Wh = self.Wx.value, self.Wh.value
+        acts = c.matmul_xwt(xs.value.reshape(L * B, n_in), Wx).reshape(L, B, 4 * H)
+        acts += self.b.value
+        hs = xp.empty((L, B, H), np.float32 if acts.dtype == np.float32 else acts.dtype)
+        cs, tcs = xp.empty_like(hs), xp.empty_like(hs)
+        zero = xp.zeros((B, H), hs.dtype)
+        for t in range(L):
+            if t:
+                acts[t] += c.matmul_xwt(hs[t - 1], Wh)
+            c.lstm_cell_forward(acts[t], cs[t - 1] if t else zero, cs[t], tcs[t], hs[t])
+        y = Tensor(hs, requires_grad=True)
+
+        def backward():
+            self._backward(flow, xs, y.grad, acts, hs, cs, tcs, zero)
+        flow.record(backward)
+        return y
+
+    def _backward(self, flow, xs, dH, acts, hs, cs, tcs, zero):
+        c, xp, H = self.compute, self.compute.xp, self.hidden
+        L, B, n_in = xs.shape
+        rule = self.rule
+        dZ = xp.empty_like(acts)
+        dc = zero
+        dh_next = None
+        chosen = []  # per step: the Selection (meProp only)
+        for t in range(L - 1, -1, -1):
+            dh = dH[t] if dh_next is None else dH[t] + dh_next
+            dc = c.lstm_cell_backward(dh, dc, acts[t], cs[t - 1] if t else zero, tcs[t], dZ[t])
+            if rule is None:
+                if t:
+                    dh_next = dZ[t] @ self.Wh.value
+                continue
+            selection = select_gates(rule, dZ[t], c, self.rng, self.per_gate)
+            chosen.append(selection)
+            if t:  # the kept entries reach Wh and the previous hidden state
+                dh_next = c.meprop_backward(hs[t - 1], self.Wh.value, dZ[t], selection,
+                                            self.Wh.grad, True)
+        self.b.grad += dZ.sum(axis=(0, 1))
+        flat_x = xs.value.reshape(L * B, n_in)
+        flat_dz = dZ.reshape(L * B, 4 * H)
+        if rule is None:
+            if L > 1:
+                ops.add_product(self.Wh, dZ[1:].reshape(-1, 4 * H).T,
+                                hs[:-1].reshape(-1, H), xp)
+            ops.add_product(self.Wx, flat_dz.T, flat_x, xp)
+            dx = flat_dz @ self.Wx.value if xs.requires_grad else None
+        else:
+            chosen.reverse()  # time order
+            dx = self._sparse_input_grad(chosen, xs, dZ, flat_x, flat_dz)
+        if dx is not None:
+            ops.accumulate(xs, dx.reshape(L, B, n_in))
+
+    def _sparse_input_grad(self, chosen, xs, dZ, flat_x, flat_dz):
+        """dWx += (kept dZ).T @ x and dx = (kept dZ) @ Wx over every step: one call over all
+        L*B rows for per-example choices, one per step for unified ones."""
+        c, xp = self.compute, self.compute.xp
+        L, B, n_in = xs.shape
+        need_dx = xs.requires_grad
+        if not chosen[0].unified:
+            idx = xp.concatenate([s.chosen for s in chosen], axis=0)
+            return c.meprop_backward(flat_x, self.Wx.value, flat_dz, Selection(idx, L * B),
+                                     self.Wx.grad, need_dx)
+        parts = [c.meprop_backward(xs.value[t], self.Wx.value, dZ[t], s, self.Wx.grad, need_dx)
+                 for t, s in enumerate(chosen)]
+        return xp.concatenate(parts, axis=0) if need_dx else None
+
+
+# ---------------------------------------------------------------- the tagger
+
+class Tagger:
+    """Embeddings -> bidirectional LSTM -> linear -> softmax over the tags.
+
+    `cfg` gives EmbedSize, HiddenSize (each direction), LabelCount (the tags), NetType (lstm
+    dense, lstmtop top-k, lstmrand random-k, k = TrainTop), Unified, TopKScope and Dropout (on
+    the LSTM's outputs while training). `vocab` is the word list (ids 0 and 1: padding and the
+    unknown word).
+    """
+
+    kind = "tagger"
+
+    def __init__(self, cfg, vocab, compute, rng):
+        from .select import rule_for
+        self.cfg, self.compute, self.rng = cfg, compute, rng
+        self.vocab = tuple(vocab)
+        self.net_type = cfg.NetType
+        xp = compute.xp
+        E, H = cfg.EmbedSize, cfg.HiddenSize
+        table = rng.normal(0.0, 1.0, size=(len(self.vocab), E)).astype(np.float32)
+        table[PAD] = 0
+        self.embedding = Tensor(xp.asarray(table), name="W")
+        rule = None if cfg.NetType == "lstm" else rule_for(
+            "mlprand" if cfg.NetType == "lstmrand" else "mlptop", cfg.TrainTop, cfg.Unified)
+        per_gate = cfg.TopKScope == "gate"
+        self.fwd = LSTM(E, H, rng, compute, rule, per_gate)
+        self.bwd = LSTM(E, H, rng, compute, rule, per_gate)
+        self.out = Dense(2 * H, cfg.LabelCount, rng, compute)
+        self.dropout = cfg.Dropout
+        self.loss_grad = "mean"
+        self._rules = None
+        self.store = ParamStore(self.named_params(), xp)
+
+    def named_params(self):
+        return ([("embed.W", self.embedding)]
+                + [(f"fwd.{p.name}", p) for p in self.fwd.params]
+                + [(f"bwd.{p.name}", p) for p in self.bwd.params]
+                + [(f"out.{p.name}", p) for p in self.out.params])
+
+    @property
+    def params(self):
+        return [p for _, p in self.named_params()]
+
+    @property
+    def param_count(self):
+        return sum(int(p.value.size) for p in self.params)
+
+    # -- batches -----------------------------------------------------------------------------
+    def prepare_batch(self, x, y):
+        """A minibatch's rows cut to its longest sentence."""
+        longest = int((x != PAD).sum(axis=1).max()) if len(x) else 0
+        return x[:, :max(longest, 1)], y[:, :max(longest, 1)]
+
+    @staticmethod
+    def count(y):
+        """The tokens a minibatch's tags score (padding excluded)."""
+        return (y >= 0).sum()
+
+    def forward(self, flow, x, labels=None):
+        """Per-token losses (of the tagged tokens, time-major order) and predictions (B, L),
+        NO_TAG at padding, for a batch of padded word ids x (B, L) and tags (B, L)."""
+        c, xp = self.compute, self.compute.xp
+        ids = xp.ascontiguousarray(x.T)  # (L, B)
+        L, B = ids.shape
+        valid = ids != PAD
+        lengths = valid.sum(axis=0)
+        src = reversal(lengths, L, xp)
+        cols = xp.arange(B)
+        emb_f = embed(flow, self.embedding, ids, c)
+        emb_b = embed(flow, self.embedding, xp.ascontiguousarray(ids[src, cols]), c)
+        h_f = self.fwd(flow, emb_f)
+        h_b = reverse_each(flow, self.bwd(flow, emb_b), src, xp)
+        h = concat(flow, h_f, h_b, xp)
+        positions = xp.flatnonzero(valid.reshape(-1))
+        tokens = take_rows(flow, _flat(flow, h), positions, xp)
+        if flow.training and self.dropout > 0:
+            tokens = ops.dropout(flow, tokens, self.dropout, self.rng, c)
+        logits = self.out(flow, tokens)
+        pred = xp.full(L * B, NO_TAG, np.int32 if labels is None else labels.dtype)
+        if labels is None:
+            pred[positions] = logits.value.argmax(axis=1)
+            return None, pred.reshape(L, B).T
+        gold = xp.ascontiguousarray(labels.T).reshape(-1)[positions]
+        losses, best = ops.softmax_cross_entropy(flow, logits, gold, xp,
+                                                 mean=self.loss_grad == "mean")
+        pred[positions] = best
+        return losses, pred.reshape(L, B).T
+
+    # -- DenseWarmup --------------------------------------------------------------------------
+    def dense_backward(self, on):
+        lstms = (self.fwd, self.bwd)
+        if on and self._rules is None:
+            self._rules = [m.rule for m in lstms]
+            for m in lstms:
+                m.rule = None
+        elif not on and self._rules is not None:
+            for m, rule in zip(lstms, self._rules):
+                m.rule = rule
+            self._rules = None
+
+    # -- what the run reports and keeps -----------------------------------------------------
+    def active_dims(self):
+        return [self.cfg.HiddenSize, self.cfg.HiddenSize, self.cfg.LabelCount]
+
+    def dims(self):
+        H = self.cfg.HiddenSize
+        return f"{len(self.vocab)}x{self.cfg.EmbedSize}, {H}+{H}, {self.cfg.LabelCount}"
+
+    def meta(self):
+        return {"kind": self.kind, "n_in": len(self.vocab), "embed": int(self.cfg.EmbedSize),
+                "hidden": int(self.cfg.HiddenSize), "tags": int(self.cfg.LabelCount)}
+
+    def state_dict(self):
+        """Weights, the vocabulary (one string per id) and the generator's state."""
+        out = self.store.state_dict()
+        out["vocab"] = np.array(self.vocab)
+        out["rng"] = np.array(json.dumps(self.rng.bit_generator.state))
+        return out
+
+    def load_state_dict(self, state):
+        check_state_keys("model", state, self.store.names + ["vocab", "rng"])
+        vocab = tuple(str(w) for w in np.asarray(state["vocab"]).tolist())
+        if vocab != self.vocab:
+            raise StateDictError("model state: its vocabulary differs from the one the data "
+                                 "gives (another training file or MinCount?)")
+        try:
+            rng_state = json.loads(str(np.asarray(state["rng"])))
+            probe = type(self.rng.bit_generator)()
+            probe.state = rng_state
+        except (ValueError, TypeError, KeyError) as exc:
+            raise StateDictError(f"model state: rng is not a generator state ({exc})") from None
+        load_into("model", self.store.loading(state), self.compute.xp)
+        self.rng.bit_generator.state = rng_state
+
+
+def _flat(flow, h):
+    """(L, B, D) as (L*B, D), gradient reshaped back."""
+    L, B, D = h.shape
+    y = Tensor(h.value.reshape(L * B, D), requires_grad=True)
+
+    def backward():
+        ops.accumulate(h, y.grad.reshape(L, B, D))
+    flow.record(backward)
+    return y
