@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from nnmnist.run import checkpoint
-from nnmnist.run.config import NET_TYPES, OPT_TYPES, Config
+from nnmnist.run.config import MLP_NETS, OPT_TYPES, Config
 from nnmnist.errors import UserError
 from nnmnist.run.lifecycle import Checkpoints, Run
 from nnmnist.run.log import RunLog
@@ -88,7 +88,7 @@ def assert_same_run(full, first, second):
 
 @pytest.mark.parametrize("kernels", ["numba", "numpy"])
 @pytest.mark.parametrize("opt", OPT_TYPES)
-@pytest.mark.parametrize("net", NET_TYPES)
+@pytest.mark.parametrize("net", MLP_NETS)
 def test_resume_is_exact(tmp_path, tiny_splits, net, opt, kernels):
     cfg = tiny_cfg(NetType=net, OptType=opt, Kernels=kernels,
                    LearningRate=0.05 if opt in ("sgd", "adagrad") else 0.001)
