@@ -74,6 +74,26 @@ class NumpyCompute:
             return self.meprop_backward_cols(x, W, dy, selection.chosen, dW, need_dx)
         return self.meprop_backward_rows(x, W, dy, selection.chosen, dW, need_dx)
 
+    def _kept(self, dy, selection):
+        """dy with every entry the selection did not keep set to zero."""
+        xp = self.xp
+        kept = xp.zeros_like(dy)
+        if selection.unified:
+            kept[:, selection.chosen] = dy[:, selection.chosen]
+        else:
+            rows = xp.arange(dy.shape[0])[:, None]
+            kept[rows, selection.chosen] = dy[rows, selection.chosen]
+        return kept
+
+    def meprop_input_grad(self, W, dy, selection):
+        """(kept dy) @ W alone: the gradient that reaches the input (the LSTM's previous hidden
+        state, whose weight gradient is summed over all steps afterwards)."""
+        return self._kept(dy, selection) @ W
+
+    def meprop_weight_grad(self, x, dy, selection, dW):
+        """dW += (kept dy).T @ x alone."""
+        dW += self._kept(dy, selection).T @ x
+
     def meprop_relu_backward(self, x, W, out, g, db, dW, rule, rng, hits, need_dx):
         """Backward of out = relu(mask * (x @ W.T + b)) through meProp, given g = d out.
 
@@ -148,8 +168,8 @@ class NumbaCompute(NumpyCompute):
     def __init__(self):
         from .. import kernels
         from ..kernels import unchecked
-        from ..kernels import lstm
-        self.kernels, self.fast, self.lstm = kernels, unchecked, lstm
+        from ..kernels import lstm, sparse
+        self.kernels, self.fast, self.lstm, self.sparse = kernels, unchecked, lstm, sparse
         self._workspaces = {}  # (k, n_out) -> reusable scratch of the sparse backward
 
     def _workspace(self, batch, k, n_out):
@@ -200,6 +220,22 @@ class NumbaCompute(NumpyCompute):
 
     def rows_touched(self, idx, n_out):
         return self.kernels.rows_touched(idx, n_out)
+
+    def meprop_input_grad(self, W, dy, selection):
+        if selection.unified or not (_all_float32(W, dy) and _contiguous(W, dy)):
+            return super().meprop_input_grad(W, dy, selection)
+        idx = selection.chosen
+        rows, k = idx.shape
+        dx = np.empty((rows, W.shape[1]), np.float32)
+        self.sparse._sparse_dx.pick(rows * k * W.shape[1])(W, dy, idx, dx)
+        return dx
+
+    def meprop_weight_grad(self, x, dy, selection, dW):
+        if selection.unified or not (_all_float32(x, dy, dW) and _contiguous(x, dy)):
+            return super().meprop_weight_grad(x, dy, selection, dW)
+        idx = selection.chosen
+        ws = self._workspace(*idx.shape, dW.shape[0])
+        self.fast.sparse_backward(x, dW, dy, idx, dW, False, ws)
 
     def lstm_cell_forward(self, z, c_prev, c_out, tc_out, h_out):
         if not (_all_float32(z, c_prev, c_out, tc_out, h_out) and _contiguous(z, c_prev, c_out, tc_out, h_out)):

@@ -200,7 +200,7 @@ class LSTM:
         Wx, Wh = self.Wx.value, self.Wh.value
         acts = c.matmul_xwt(xs.value.reshape(L * B, n_in), Wx).reshape(L, B, 4 * H)
         acts += self.b.value
-        hs = xp.empty((L, B, H), np.float32 if acts.dtype == np.float32 else acts.dtype)
+        hs = xp.empty((L, B, H), acts.dtype)
         cs, tcs = xp.empty_like(hs), xp.empty_like(hs)
         zero = xp.zeros((B, H), hs.dtype)
         for t in range(L):
@@ -221,7 +221,9 @@ class LSTM:
         dZ = xp.empty_like(acts)
         dc = zero
         dh_next = None
-        chosen = []  # per step: the Selection (meProp only)
+        chosen = [None] * L  # per step: the Selection (meProp only)
+        # Through time, step by step: only what the recurrence needs (dz, and the gradient
+        # reaching the previous hidden state); the weight gradients are summed afterwards.
         for t in range(L - 1, -1, -1):
             dh = dH[t] if dh_next is None else dH[t] + dh_next
             dc = c.lstm_cell_backward(dh, dc, acts[t], cs[t - 1] if t else zero, tcs[t], dZ[t])
@@ -229,11 +231,9 @@ class LSTM:
                 if t:
                     dh_next = dZ[t] @ self.Wh.value
                 continue
-            selection = select_gates(rule, dZ[t], c, self.rng, self.per_gate)
-            chosen.append(selection)
-            if t:  # the kept entries reach Wh and the previous hidden state
-                dh_next = c.meprop_backward(hs[t - 1], self.Wh.value, dZ[t], selection,
-                                            self.Wh.grad, True)
+            chosen[t] = select_gates(rule, dZ[t], c, self.rng, self.per_gate)
+            if t:
+                dh_next = c.meprop_input_grad(self.Wh.value, dZ[t], chosen[t])
         self.b.grad += dZ.sum(axis=(0, 1))
         flat_x = xs.value.reshape(L * B, n_in)
         flat_dz = dZ.reshape(L * B, 4 * H)
@@ -244,23 +244,31 @@ class LSTM:
             ops.add_product(self.Wx, flat_dz.T, flat_x, xp)
             dx = flat_dz @ self.Wx.value if xs.requires_grad else None
         else:
-            chosen.reverse()  # time order
-            dx = self._sparse_input_grad(chosen, xs, dZ, flat_x, flat_dz)
+            dx = self._sparse_weight_grads(chosen, xs, hs, dZ, flat_x, flat_dz)
         if dx is not None:
             ops.accumulate(xs, dx.reshape(L, B, n_in))
 
-    def _sparse_input_grad(self, chosen, xs, dZ, flat_x, flat_dz):
-        """dWx += (kept dZ).T @ x and dx = (kept dZ) @ Wx over every step: one call over all
-        L*B rows for per-example choices, one per step for unified ones."""
-        c, xp = self.compute, self.compute.xp
+    def _sparse_weight_grads(self, chosen, xs, hs, dZ, flat_x, flat_dz):
+        """dWh += (kept dZ).T @ h_prev and dWx += (kept dZ).T @ x over every step; return
+        dx = (kept dZ) @ Wx. Per-example choices take one call over all L*B rows each (a
+        weight row then gathers the contributions of every step at once); unified ones one
+        call per step."""
+        c, xp, H = self.compute, self.compute.xp, self.hidden
         L, B, n_in = xs.shape
         need_dx = xs.requires_grad
+        Wx, Wh = self.Wx, self.Wh
         if not chosen[0].unified:
             idx = xp.concatenate([s.chosen for s in chosen], axis=0)
-            return c.meprop_backward(flat_x, self.Wx.value, flat_dz, Selection(idx, L * B),
-                                     self.Wx.grad, need_dx)
-        parts = [c.meprop_backward(xs.value[t], self.Wx.value, dZ[t], s, self.Wx.grad, need_dx)
-                 for t, s in enumerate(chosen)]
+            if L > 1:
+                c.meprop_weight_grad(hs[:-1].reshape(-1, H), dZ[1:].reshape(-1, 4 * H),
+                                     Selection(idx[B:], (L - 1) * B), Wh.grad)
+            return c.meprop_backward(flat_x, Wx.value, flat_dz, Selection(idx, L * B),
+                                     Wx.grad, need_dx)
+        parts = []
+        for t, s in enumerate(chosen):
+            if t:
+                c.meprop_weight_grad(hs[t - 1], dZ[t], s, Wh.grad)
+            parts.append(c.meprop_backward(xs.value[t], Wx.value, dZ[t], s, Wx.grad, need_dx))
         return xp.concatenate(parts, axis=0) if need_dx else None
 
 
