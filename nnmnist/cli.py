@@ -15,7 +15,7 @@ COMMANDS = {
     "export": ("nnmnist.inference.export", "write a small inference-only model file"),
     "sweep": ("nnmnist.experiments.sweep", "run a grid of configs x seeds, or summarize one"),
     "plot": ("nnmnist.experiments.plot", "draw training curves or the effect-of-k figure"),
-    "fetch": ("nnmnist.data.mnist", "download MNIST (or --check it) without training"),
+    "fetch": ("nnmnist.data.mnist", "download MNIST (or, --treebank, the tagger's treebank; --check it)"),
 }
 
 

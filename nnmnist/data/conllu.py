@@ -6,6 +6,7 @@ is padding, 1 the unknown word; tag -1 marks padding. Minibatches are cut from s
 about the same length (`batch_by_length`), so that little of a batch is padding.
 """
 import gzip
+import hashlib
 import os
 import zlib
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import fetch
 from .. import fsio
 from ..errors import UserError
 
@@ -52,20 +54,25 @@ class TaggerData(NamedTuple):
 
 # ---------------------------------------------------------------- reading CoNLL-U
 
-def _open_text(path):
-    """The lines of a text file, raw or gzip (by its first two bytes)."""
-    with open(path, "rb") as f:
-        gz = f.read(2) == b"\x1f\x8b"
+def read_bytes(path):
+    """The content of a file, decompressed if it is gzip (by its first two bytes)."""
     try:
+        with open(path, "rb") as f:
+            gz = f.read(2) == b"\x1f\x8b"
         if gz:
             with gzip.open(path, "rb") as f:
-                data = f.read()
-        else:
-            data = Path(path).read_bytes()
+                return f.read()
+        return Path(path).read_bytes()
+    except (EOFError, zlib.error, gzip.BadGzipFile):
+        raise UserError(f"{path}: the gzip stream ends early or is corrupt "
+                        "(a truncated download?)") from None
     except OSError as exc:
         raise UserError(f"{path}: cannot read ({fsio.os_reason(exc)})") from None
-    except (EOFError, zlib.error):
-        raise UserError(f"{path}: the gzip stream ends early (a truncated download?)") from None
+
+
+def _open_text(path):
+    """The lines of a text file, raw or gzip (by its first two bytes)."""
+    data = read_bytes(path)
     try:
         return data.decode("utf-8-sig").splitlines()
     except UnicodeDecodeError as exc:
@@ -223,15 +230,41 @@ def resolve(folder, name, config_dir=None):
 
 def load_tagger_data(cfg, data_dir_of, config_dir=None, allow_fetch=None, log=print):
     """The treebank a config names, found as `tagger_dir` says (DataDir, else `ud-en-ewt/`
-    in the default data folder); a missing file is one line naming the folder."""
+    in the default data folder). Missing standard files are downloaded there when fetching is
+    allowed (as for MNIST); otherwise a missing file is one line naming the folder."""
     folder = tagger_dir(cfg, data_dir_of)
-    data, missing = load_tagger(cfg, folder, config_dir)
-    if data is None:
-        field, name = next(iter(missing.items()))
-        raise UserError(f"{field} {name!r} not found in {folder} (tried raw and .gz); "
-                        f"point DataDir at the folder of en_ewt-ud-{{train,dev,test}}.conllu "
-                        f"(see docs/DATA.md)")
-    return data
+    names = {field: str(getattr(cfg, field)) for field in SPLIT_FIELDS}
+    missing = _missing(names, folder, config_dir)
+    keys = [fetch.treebank_name(names[f]) for f in missing]
+    if missing and all(keys) and allow_fetch is not False and not fetch.is_offline():
+        log(f"Treebank not found ({', '.join(names[f] for f in missing)}); "
+            f"downloading it into {folder}")
+        fetch.fetch_treebank(folder, list(dict.fromkeys(keys)), log=log)
+        missing = _missing(names, folder, config_dir)
+    if missing:
+        raise UserError(_missing_message(names, missing, folder, allow_fetch))
+    return load_tagger(cfg, folder, config_dir)[0]
+
+
+def _missing(names, folder, config_dir):
+    """The fields whose file `resolve` cannot find."""
+    return [f for f in SPLIT_FIELDS if resolve(folder, names[f], config_dir) is None]
+
+
+def _missing_message(names, missing, folder, allow_fetch):
+    """One line: what is missing, where it was looked for, how to get it."""
+    files = ", ".join(f"{f} {names[f]!r}" for f in missing)
+    text = f"{files} not found in {folder} (tried raw and .gz); "
+    if not all(fetch.treebank_name(names[f]) for f in missing):
+        return text + ("check the file names in the config, or point DataDir at their folder "
+                       "(see docs/DATA.md)")
+    text += (f"run `nnmnist fetch --treebank {folder}` or copy "
+             f"en_ewt-ud-{{train,dev,test}}.conllu (raw or .gz) there by hand (see docs/DATA.md)")
+    if fetch.is_offline():
+        text += f" [fetching is off: {fetch.OFFLINE_ENV} is set]"
+    elif allow_fetch is False:
+        text += " [fetching is off for this run]"
+    return text
 
 
 def load_tagger(cfg, folder, config_dir=None):
@@ -252,3 +285,37 @@ def load_tagger(cfg, folder, config_dir=None):
     dev_x, dev_y = encode(dev, vocab)
     tst_x, tst_y = encode(tst, vocab)
     return TaggerData(trn_x, trn_y, dev_x, dev_y, tst_x, tst_y, vocab, len(vocab)), paths
+
+
+# ---------------------------------------------------------------- `nnmnist fetch --treebank`
+
+def cmd_fetch_treebank(dest):
+    """Download whichever of the three standard files `dest` lacks (raw or .gz counts)."""
+    missing = [name for name in fetch.TREEBANK if resolve(dest, name) is None]
+    if not missing:
+        print(f"The treebank is already in {dest} "
+              f"(`nnmnist fetch --check --treebank {dest}` verifies it)")
+        return 0
+    fetch.fetch_treebank(dest, missing)
+    print(f"The treebank is in {dest}")
+    return 0
+
+
+def cmd_check_treebank(dest):
+    """Verify the sha256 of each file's uncompressed content and print its sentence count."""
+    paths = {}
+    for name in fetch.TREEBANK:
+        paths[name] = resolve(dest, name)
+        if paths[name] is None:
+            raise UserError(f"{dest}: no {name} (raw or .gz); "
+                            f"run `nnmnist fetch --treebank {dest}`")
+    ok = True
+    for name, path in paths.items():
+        expected = fetch.TREEBANK[name]
+        data = read_bytes(path)
+        good = hashlib.sha256(data).hexdigest() == expected.sha256
+        ok &= good
+        count = len(read_conllu(path))
+        print(f"{path}: {count:,} sentences, {len(data):,} bytes, "
+              f"sha256 {'ok' if good else 'MISMATCH'}")
+    return 0 if ok else 1

