@@ -8,8 +8,9 @@ probability.
 For a tagger, INPUT is a CoNLL-U file (raw or gzip) or plain text, one sentence a line with
 tokens separated by spaces (told apart by content). Plain text gives one line of UPOS tags
 per sentence; CoNLL-U gives the same file with its UPOS column filled with the predicted
-tags (comments, multiword-token lines and the other columns as they were), and, when its
-UPOS column held tags, the token accuracy against them on standard error.
+tags (comments, multiword-token lines and the other columns as they were; gzip when OUT
+ends in `.gz`), and, when its UPOS column held tags, the token accuracy against them on
+standard error.
 
 Without `-o` the output goes to standard output; with it the file is written whole or not at
 all.
@@ -66,7 +67,8 @@ def predict_file(model_path, images_path, output=None):
 
 
 def write_output(text, output):
-    """`text` to standard output, or whole to the file `output` (never half of it)."""
+    """`text` (str, or bytes for a file) to standard output, or whole to the file `output`
+    (never half of it)."""
     if output is None:
         sys.stdout.write(text)
         return
@@ -80,7 +82,11 @@ def tag_file(model, input_path, output=None):
     for CoNLL-U with gold tags, the token accuracy to standard error. Returns the tags."""
     from .tagging import predict_text
     text, accuracy = predict_text(model, input_path)
-    write_output(text, output)
+    if output is not None and str(output).endswith(".gz"):  # as named: a gzip file
+        import gzip
+        write_output(gzip.compress(text.encode("utf-8"), mtime=0), output)
+    else:
+        write_output(text, output)
     if accuracy is not None:
         print(accuracy, file=sys.stderr)
     return text

@@ -180,6 +180,9 @@ def test_predict_conllu_without_gold_tags_reports_nothing(run, tmp_path, capsys)
     assert [line.split("\t")[3] for line in out.read_text().splitlines()
             if line and not line.startswith("#")] == [
         t for row in own_tags(run["best"], read_conllu(path, need_tags=False)) for t in row]
+    zipped = tmp_path / "out.conllu.gz"
+    assert predict_cmd.main([str(run["best"]), str(path), "-o", str(zipped)]) == 0
+    assert gzip.decompress(zipped.read_bytes()).decode() == out.read_text()
 
 
 @pytest.mark.parametrize("case", ["malformed", "empty", "binary", "folder", "missing", "bad id"])
