@@ -6,9 +6,9 @@
     probs = model.predict_proba(images)   # (n, 10), rows sum to 1
 
 Any model file works: a checkpoint (`.ckpt.npz`), a best-dev model (`.best.npz`) or an
-exported one (`nnmnist.inference.export`). A tagger's file gives a `tagging.TaggerModel`, whose
-`predict` takes sentences (lists of tokens) and gives their UPOS tags. Pruned meSimp neurons are dropped on loading, so the model
-computes only what the active neurons need.
+exported one (`nnmnist.inference.export`). Pruned meSimp neurons are dropped on loading, so
+the model computes only what the active neurons need. A tagger's file gives a
+`tagging.TaggerModel`, whose `predict` takes sentences (lists of tokens) and gives their tags.
 """
 import numpy as np
 

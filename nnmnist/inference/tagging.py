@@ -65,6 +65,8 @@ class TaggerModel:
         """Padded word ids (n, longest) of token lists; unknown words get the unknown id,
         and so does a token spelled like the padding entry (id 0 would end the sentence)."""
         from ..data.conllu import PAD, UNK, Sentence, encode
+        if any(isinstance(s, str) for s in sentences):
+            raise ValueError("a sentence is a list of tokens, not a string (use str.split())")
         rows = [s if isinstance(s, Sentence) else Sentence(list(s), None, 0) for s in sentences]
         if not rows:
             return np.zeros((0, 1), np.int32)
@@ -77,13 +79,14 @@ class TaggerModel:
 
     def predict_ids(self, sentences, batch=BATCH):
         """Tag ids, one int array per sentence (the argmax of `Tagger.forward`)."""
+        from ..data.conllu import PAD
         from ..nn.tensor import Flow
         x = self.encode(sentences)
         flow = Flow(training=False)
         out = []
         for i in range(0, len(x), batch):
             xb = x[i:i + batch]
-            _, pred = self.tagger.forward(flow, xb[:, :max(int((xb != 0).sum(1).max()), 1)])
+            _, pred = self.tagger.forward(flow, xb[:, :max(int((xb != PAD).sum(1).max()), 1)])
             out += [row[row >= 0] for row in np.asarray(pred)]
         return out
 

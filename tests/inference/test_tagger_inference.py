@@ -140,6 +140,8 @@ def test_predict_plain_text_gives_the_models_own_argmax(run, tmp_path):
     assert [len(t) for t in got] == [6, 8, 2]  # blank lines skipped, "zebra" unknown
     model = nnmnist.load_model(run["best"])
     assert model.predict([["the", "big", "dog", "sees", "Kim", "."]]) == [got[0]]
+    with pytest.raises(ValueError, match="list of tokens"):
+        model.predict(["the big dog"])
 
 
 def test_predict_conllu_fills_upos_and_reports_accuracy(run, tmp_path, capsys):
@@ -247,7 +249,8 @@ def test_export_refusals_are_one_line(run, tmp_path):
     dest = tmp_path / "model.npz"
     assert export_cmd.main([str(run["best"]), "-o", str(dest)]) == 0
     r = cli("export", dest, "-o", tmp_path / "again.npz")
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "expected a checkpoint or best" in r.stderr
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "expected a checkpoint or best" in r.stderr
     mf = checkpoint.read(dest)
     meta = {k: v for k, v in mf.meta.items() if k not in ("format", "version", "kind")}
     bad = tmp_path / "bad.npz"
