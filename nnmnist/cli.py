@@ -11,7 +11,7 @@ COMMANDS = {
     "train": ("nnmnist.run.command", "train a network as a config file says (the shipped default config without one)"),
     "resume": ("nnmnist.run.command", "continue a run from its .ckpt.npz checkpoint"),
     "evaluate": ("nnmnist.inference.evaluate", "score a model file on the dev and test sets"),
-    "predict": ("nnmnist.inference.predict", "label the images of an IDX file with a model file"),
+    "predict": ("nnmnist.inference.predict", "label an IDX image file, or tag a text or CoNLL-U file, with a model file"),
     "export": ("nnmnist.inference.export", "write a small inference-only model file"),
     "sweep": ("nnmnist.experiments.sweep", "run a grid of configs x seeds, or summarize one"),
     "plot": ("nnmnist.experiments.plot", "draw training curves or the effect-of-k figure"),

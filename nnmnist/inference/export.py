@@ -3,28 +3,35 @@
 MODEL is a checkpoint (`.ckpt.npz`) or a best-dev model (`.best.npz`). The export holds each
 layer's weights with pruned meSimp neurons removed, under the training network's state-dict
 names (`net.{i}.W`, shape (out, in), and `net.{i}.b`), the shapes and the run's config, and
-no optimizer state.
+no optimizer state. A tagger's export holds its weights under their training names
+(`net.embed.W`, `net.fwd.Wx`, ..., `net.out.b`), its vocabulary (`net.vocab`) and the tag list
+(`net.tags`); it has no neurons to remove.
 """
 import argparse
 from pathlib import Path
 
 from ..run import checkpoint
 from ..errors import UserError, report_errors
+from . import tagging
 from .model import InferenceModel, compacted_layers
 
 
 def export(src, dest):
     """Write the compacted model of `src` to `dest`; return (the widths the network was built
-    with, the exported widths)."""
+    with, the exported widths); for the tagger, which has nothing to compact, (None, widths)."""
     mf = checkpoint.read(src, kinds=("checkpoint", "best"))
-    model = InferenceModel(compacted_layers(mf))
     net = mf.field("network")
-    arrays = checkpoint.flatten(checkpoint.NET, model.state_dict())
-    widths = model.widths
-    meta = {"config": mf.meta["config"],
-            "network": {"n_in": int(net["n_in"]), "widths": widths,
-                        "totals": net.get("totals", widths)},
-            "source": Path(src).name}
+    if tagging.is_tagger_file(mf):
+        network, arrays = tagging.export_arrays(mf)
+        widths, before = network_widths(network), None
+    else:
+        model = InferenceModel(compacted_layers(mf))
+        arrays = checkpoint.flatten(checkpoint.NET, model.state_dict())
+        widths = model.widths
+        network = {"n_in": int(net["n_in"]), "widths": widths,
+                   "totals": net.get("totals", widths)}
+        before = net.get("totals", net["widths"])
+    meta = {"config": mf.meta["config"], "network": network, "source": Path(src).name}
     dest = Path(dest)
     if not dest.parent.is_dir():
         raise UserError(f"{dest}: folder {dest.parent} does not exist")
@@ -32,7 +39,12 @@ def export(src, dest):
         checkpoint.save(dest, "export", meta, arrays)
     except OSError as exc:
         raise UserError(f"{dest}: cannot write ({exc.strerror})") from None
-    return net.get("totals", net["widths"]), widths
+    return before, widths
+
+
+def network_widths(network):
+    """A tagger's widths for the export's message: embedding, each LSTM direction, tags."""
+    return [network["embed"], network["hidden"], network["hidden"], network["tags"]]
 
 
 def main(argv=None, prog="nnmnist export"):
@@ -43,7 +55,8 @@ def main(argv=None, prog="nnmnist export"):
 
     def run():
         before, after = export(args.model, args.output)
-        print(f"exported {args.model} -> {args.output}: layer widths {after} (built as {before})")
+        built = "" if before is None else f" (built as {before})"  # the tagger: no pruning
+        print(f"exported {args.model} -> {args.output}: layer widths {after}{built}")
         return 0
     return report_errors(run)
 

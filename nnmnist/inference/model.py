@@ -6,8 +6,9 @@
     probs = model.predict_proba(images)   # (n, 10), rows sum to 1
 
 Any model file works: a checkpoint (`.ckpt.npz`), a best-dev model (`.best.npz`) or an
-exported one (`nnmnist.inference.export`). Pruned meSimp neurons are dropped on loading, so the model
-computes only what the active neurons need.
+exported one (`nnmnist.inference.export`). Pruned meSimp neurons are dropped on loading, so
+the model computes only what the active neurons need. A tagger's file gives a
+`tagging.TaggerModel`, whose `predict` takes sentences (lists of tokens) and gives their tags.
 """
 import numpy as np
 
@@ -142,7 +143,11 @@ def exported_layers(mf):
 
 
 def from_file(mf):
-    """The InferenceModel of a checked model file (see `checkpoint.read`)."""
+    """The InferenceModel of a checked model file (see `checkpoint.read`); for the tagger's
+    files its TaggerModel (`inference.tagging`)."""
+    from . import tagging
+    if tagging.is_tagger_file(mf):
+        return tagging.from_file(mf)
     layers = exported_layers(mf) if mf.kind == "export" else compacted_layers(mf)
     return InferenceModel(layers, config=mf.meta.get("config"), path=mf.path)
 
