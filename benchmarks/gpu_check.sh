@@ -45,6 +45,7 @@ echo "== GPU tests on the device"
 NUMBA_ENABLE_CUDASIM=0 timeout 150 "$PY" -m pytest -q -p no:cacheprovider -rfEs \
     tests/backends/test_gpu.py tests/backends/test_gpu_kernels.py \
     tests/nn/test_compact.py::test_compaction_on_the_gpu_keeps_the_masked_hits \
+    tests/backends/test_tagger_gpu.py \
     2>&1 | tee "$DEST/gpu_tests.txt"
 tests_rc=${PIPESTATUS[0]}
 

@@ -17,21 +17,27 @@ its `NumpyCompute` reference:
 - meSimp hits and lazily updated rows: atomics and scatters, never a size that would have to
   be read back to the host, so nothing in a minibatch waits for the device except `sync`.
 
+- the tagger's LSTM cell: one CuPy element-wise kernel per time step and direction, forward
+  and backward (the NumPy reference makes about twenty passes over (B, H) arrays), and the
+  embedding gradient by `cupyx.scatter_add`.
+
 Kernel launches per minibatch of a 3-layer mlptop: 2 top-k, 2 sparse-dy scatters and one
 optimizer update (the parameters are one flat buffer); mlpvar adds 2 hit counts, LazyUpdate
 makes the update one launch per parameter.
 
 With NUMBA_ENABLE_CUDASIM=1 the same code runs on the CPU: the kernels in Numba's simulator
 (small grids, see `cuda_kernels`), NumPy for CuPy (`xp`), NumPy's matmul for cuBLAS and a NumPy
-generator for cuRAND. The tests run it so; "auto" never picks it.
+generator for cuRAND; the LSTM cell and the embedding gradient are then the NumPy reference's
+(CuPy's element-wise kernels have no simulator). The tests run it so; "auto" never picks it.
 """
 import contextlib
+import functools
 import sys
 
 import numpy as np
 
 from . import cuda_kernels as K
-from .device import check_gpu_available, cublas
+from .device import check_gpu_available, cublas, cupyx
 from .device import cupy as cp  # None without CuPy: the constructor then raises the clear error
 from .cpu import NumpyCompute
 from ..optim import RULES, optimizer_class
@@ -170,6 +176,34 @@ class CupyCompute(NumpyCompute):
         idx = xp.ascontiguousarray(idx, dtype=np.int32).reshape(-1)
         self._launch(K.record_hits_kernel(), K.element_launch(idx.size), idx, hits)
 
+    # -- the LSTM tagger ---------------------------------------------------------------------
+    def lstm_cell_forward(self, z, c_prev, c_out, tc_out, h_out):
+        """The reference's arithmetic (`nnmnist.nn.lstm.cell_forward`) in one element-wise
+        kernel over (B, H): each thread reads its four gate pre-activations, writes their
+        activations back into z and writes c, tanh(c) and h. Under the simulator, or for mixed
+        dtypes (which the kernel's one type T cannot take), the NumPy reference."""
+        if SIMULATED or not _same_float_type(z, c_prev, c_out, tc_out, h_out):
+            return super().lstm_cell_forward(z, c_prev, c_out, tc_out, h_out)
+        _lstm_kernels()[0](c_prev, c_out.shape[1], z, c_out, tc_out, h_out)
+
+    def lstm_cell_backward(self, dh, dc, acts, c_prev, tc, dz_out):
+        """The reference's backward (`nnmnist.nn.lstm.cell_backward`) in one element-wise
+        kernel over (B, H): dz's four gate blocks into dz_out, the gradient reaching c_prev
+        returned. dh and dc may be strided views (the kernel indexes them by their strides)."""
+        arrays = (dh, dc, acts, c_prev, tc, dz_out)
+        if SIMULATED or not _same_float_type(*arrays):
+            return super().lstm_cell_backward(dh, dc, acts, c_prev, tc, dz_out)
+        dc_prev = self.xp.empty_like(tc)
+        _lstm_kernels()[1](dh, dc, acts, c_prev, tc, tc.shape[1], dz_out, dc_prev)
+        return dc_prev
+
+    def add_rows(self, G, ids, d):
+        """G[ids[i]] += d[i] with repeated ids summed: `cupyx.scatter_add` (atomic adds) on a
+        device; NumPy's `add.at` under the simulator (the reference)."""
+        if SIMULATED:
+            return super().add_rows(G, ids, d)
+        cupyx.scatter_add(G, ids, d)
+
     # -- optimizer updates ------------------------------------------------------------------
     def update(self, rule, w, g, states, scalars):
         dense, _, _ = K.update_kernels(rule, w.dtype)
@@ -222,8 +256,67 @@ class CupyCompute(NumpyCompute):
                 for rows in (mask, cols):
                     self.update_rows(rule, z[0], z[1], z[2:], rows, scalars)
             self.uniform(rng, (2, 3), dtype)
+            z, c = xp.zeros((3, 4 * 5), dtype), xp.zeros((3, 5), dtype)  # the tagger's cell
+            self.lstm_cell_forward(z, c, xp.empty_like(c), xp.empty_like(c), xp.empty_like(c))
+            self.lstm_cell_backward(c, c, z, c, c, xp.empty_like(z))
+            self.add_rows(xp.zeros_like(c), xp.zeros(3, dtype=np.int64), c)
         self.record_hits(idx, xp.zeros(40, dtype=np.int64))
         self.sync()
+
+
+def _same_float_type(*arrays):
+    """True when the arrays share one float dtype (the LSTM kernels' type T)."""
+    return arrays[0].dtype in (np.float32, np.float64) and all(
+        a.dtype == arrays[0].dtype for a in arrays)
+
+
+# The LSTM cell's kernels, loop over (B, H) in C order: i is the flat index of (b, j), and the
+# gate arrays z, acts and dz (B, 4H) are `raw`, indexed by hand at b * 4H + j + gate * H (CuPy
+# unravels a raw array's flat index through its strides, so a view is read correctly too).
+# Each line is the NumPy reference's expression in its order, in the arrays' type T.
+_CELL_FORWARD = """
+    const ptrdiff_t at = (i / H) * 4 * H + i % H;
+    const T one = 1;
+    const T ig = one / (one + exp(-z[at]));
+    const T fg = one / (one + exp(-z[at + H]));
+    const T gg = tanh(z[at + 2 * H]);
+    const T og = one / (one + exp(-z[at + 3 * H]));
+    z[at] = ig;
+    z[at + H] = fg;
+    z[at + 2 * H] = gg;
+    z[at + 3 * H] = og;
+    const T cc = fg * c_prev + ig * gg;
+    const T tcc = tanh(cc);
+    c = cc;
+    tc = tcc;
+    h = og * tcc;
+"""
+_CELL_BACKWARD = """
+    const ptrdiff_t at = (i / H) * 4 * H + i % H;
+    const T one = 1;
+    const T ig = acts[at];
+    const T fg = acts[at + H];
+    const T gg = acts[at + 2 * H];
+    const T og = acts[at + 3 * H];
+    const T dct = dc + dh * og * (one - tc * tc);
+    dz[at] = dct * gg * ig * (one - ig);
+    dz[at + H] = dct * c_prev * fg * (one - fg);
+    dz[at + 2 * H] = dct * ig * (one - gg * gg);
+    dz[at + 3 * H] = dh * tc * og * (one - og);
+    dc_prev = dct * fg;
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def _lstm_kernels():
+    """(forward, backward) CuPy element-wise kernels, built on first use (only on a device:
+    they need CuPy, and CuPy compiles each on its first call per dtype)."""
+    forward = cp.ElementwiseKernel("T c_prev, int64 H", "raw T z, T c, T tc, T h",
+                                   _CELL_FORWARD, "nnmnist_lstm_cell_forward")
+    backward = cp.ElementwiseKernel("T dh, T dc, raw T acts, T c_prev, T tc, int64 H",
+                                    "raw T dz, T dc_prev", _CELL_BACKWARD,
+                                    "nnmnist_lstm_cell_backward")
+    return forward, backward
 
 
 def _flat(*arrays):

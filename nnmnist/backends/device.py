@@ -16,6 +16,10 @@ try:  # CuPy is optional; keep the import error so a GPU request can explain its
 except Exception as exc:  # pragma: no cover - depends on the machine
     cupy = None
     _cupy_error = exc
+try:  # cupyx.scatter_add: the embedding table's row-sparse gradient (`CupyCompute.add_rows`)
+    import cupyx
+except Exception:  # pragma: no cover - depends on the machine
+    cupyx = None
 try:  # cuBLAS's in-place GEMM (older CuPy lacks it: the GPU backend then uses matmul and add)
     from cupy import cublas
 except Exception:  # pragma: no cover - depends on the machine
