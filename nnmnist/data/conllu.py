@@ -160,13 +160,15 @@ def build_vocab(sentences, min_count):
     for s in sentences:
         for w in s.words:
             counts[w] = counts.get(w, 0) + 1
-    kept = [w for w, c in sorted(counts.items(), key=lambda wc: -wc[1]) if c >= min_count]
-    return ("<pad>", "<unk>", *kept)
+    reserved = ("<pad>", "<unk>")
+    kept = [w for w, c in sorted(counts.items(), key=lambda wc: -wc[1])
+            if c >= min_count and w not in reserved]
+    return (*reserved, *kept)
 
 
 def encode(sentences, vocab, tagged=True):
     """(x, y): int32 arrays (sentences, longest sentence) of word and tag ids, padded."""
-    index = {w: i for i, w in enumerate(vocab)}
+    index = {w: i for i, w in enumerate(vocab) if i > UNK}  # a word spelled "<pad>" is unknown
     longest = max(len(s.words) for s in sentences)
     x = np.full((len(sentences), longest), PAD, np.int32)
     y = np.full((len(sentences), longest), PAD_TAG, np.int32)

@@ -153,7 +153,7 @@ def export_arrays(mf):
 
 def split_paths(mf, cfg, data_dir=None):
     """The dev and test files of a tagger's run, found as the run found them: in the data
-    folder it recorded (its treebank subfolder when DataDir was empty), else as the config
+    folder it recorded, else as the config
     says; `data_dir` (evaluate --data) replaces both."""
     from ..data.conllu import SUBFOLDER, resolve, tagger_dir
     from ..data.mnist import data_dir_of
@@ -165,7 +165,9 @@ def split_paths(mf, cfg, data_dir=None):
         places = []
         recorded = train.get("data_dir")
         if isinstance(recorded, str) and recorded:
-            places.append((Path(recorded) / ("" if cfg.DataDir else SUBFOLDER), None))
+            places.append((Path(recorded), None))  # the treebank's own folder
+            if not cfg.DataDir:  # files written before the folder itself was recorded
+                places.append((Path(recorded) / SUBFOLDER, None))
         places.append((tagger_dir(cfg, data_dir_of), train.get("config_dir")))
     paths = {}
     for name, field in SPLITS:
@@ -180,12 +182,14 @@ def split_paths(mf, cfg, data_dir=None):
 
 
 def tagger_sets(paths, model):
-    """(name, x, y) of each split, coded with the model's own vocabulary."""
+    """(name, x, y) of each split, coded with the model's own vocabulary and sorted by length
+    as a run scores them (so the loss is the log's too)."""
     from ..data.conllu import encode, read_conllu
+    from ..run.training import by_length
     out = []
     for name, path in paths.items():
         x, y = encode(read_conllu(path), model.vocab)
-        out.append((name, x, y))
+        out.append((name, *by_length(x, y)))
     return out
 
 

@@ -287,7 +287,11 @@ def build_trainer(cfg, source, backend, config_dir, work_dir, console, offline, 
                         f"(HiddenSize = {cfg.HiddenSize}, Layers = {cfg.Layers})") from None
     trainer.config_dir = config_dir
     trainer.work_dir = work_dir
-    trainer.data_dir = os.path.abspath(data_dir_of(data_cfg))  # the tagger's: see conllu.tagger_dir
+    if cfg.is_tagger:  # the treebank's folder itself (DataDir, or ud-en-ewt/ in the data folder)
+        from ..data.conllu import tagger_dir
+        trainer.data_dir = os.path.abspath(tagger_dir(data_cfg, data_dir_of))
+    else:
+        trainer.data_dir = os.path.abspath(data_dir_of(data_cfg))
     return trainer
 
 

@@ -144,6 +144,12 @@ def count_of(model, y):
     return len(y) if count is None else count(y)
 
 
+def by_length(x, y):
+    """Sentences (padded id rows) and their tags sorted by length, stably."""
+    order = np.argsort(lengths_of(x), kind="stable")
+    return x[order], y[order]
+
+
 def build_model(cfg, splits, compute, rng):
     """The network a config describes: the MLP, or for NetType lstm* the tagger."""
     if cfg.is_tagger:
@@ -165,9 +171,13 @@ class Trainer:
         xp = self.compute.xp
         self.seed = effective_seed(cfg.RandomSeed)
         self.data_rng, self.net_rng = make_rngs(self.seed)
+        dev_x, dev_y, tst_x, tst_y = splits.dev_x, splits.dev_y, splits.tst_x, splits.tst_y
+        if getattr(cfg, "is_tagger", False):  # scored in order of length: little padding
+            dev_x, dev_y = by_length(dev_x, dev_y)
+            tst_x, tst_y = by_length(tst_x, tst_y)
         self.trn_x, self.trn_y = xp.asarray(splits.trn_x), xp.asarray(splits.trn_y)
-        self.dev_x, self.dev_y = xp.asarray(splits.dev_x), xp.asarray(splits.dev_y)
-        self.tst_x, self.tst_y = xp.asarray(splits.tst_x), xp.asarray(splits.tst_y)
+        self.dev_x, self.dev_y = xp.asarray(dev_x), xp.asarray(dev_y)
+        self.tst_x, self.tst_y = xp.asarray(tst_x), xp.asarray(tst_y)
         self.n_in = splits.n_in if getattr(cfg, "is_tagger", False) else splits.trn_x.shape[1]
         self.model = model or build_model(cfg, splits, self.compute, self.net_rng)
         # the tagger's sentence lengths: its minibatches are cut by length (`batch_by_length`)

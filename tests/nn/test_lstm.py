@@ -257,3 +257,45 @@ def test_embedding_gradient_is_row_sparse():
     touched = np.flatnonzero(np.abs(model.embedding.grad).sum(axis=1))
     assert touched.tolist() == used
     np.testing.assert_array_equal(flow.selections[model.embedding].chosen, used)
+
+
+# -- each new op alone, against central differences -----------------------------------------
+
+from test_gradients import check_op, leaf  # noqa: E402
+
+
+def test_embed_op():
+    table = leaf(np.random.default_rng(5).normal(size=(7, 3)))
+    ids = np.array([[1, 4], [4, 0], [6, 1]])
+    check_op(lambda f, t: lstm.embed(f, t, ids, C), [table])
+
+
+def test_reverse_each_op():
+    rng = np.random.default_rng(6)
+    lengths = np.array([3, 1, 4])
+    src = lstm.reversal(lengths, 4, np)
+    assert src[:, 0].tolist() == [2, 1, 0, 3] and src[:, 1].tolist() == [0, 1, 2, 3]
+    check_op(lambda f, x: lstm.reverse_each(f, x, src, np), [leaf(rng.normal(size=(4, 3, 2)))])
+
+
+def test_concat_op():
+    rng = np.random.default_rng(7)
+    check_op(lambda f, a, b: lstm.concat(f, a, b, np),
+             [leaf(rng.normal(size=(2, 3, 4))), leaf(rng.normal(size=(2, 3, 2)))])
+
+
+def test_take_rows_op():
+    rng = np.random.default_rng(8)
+    rows = np.array([0, 3, 4])
+    check_op(lambda f, x: lstm.take_rows(f, x, rows, np), [leaf(rng.normal(size=(5, 3)))])
+
+
+@pytest.mark.parametrize("rule", [None, lstm.TopK(2)])
+def test_lstm_layer_op(rule):
+    """One direction alone, dense and meProp with k = H (which keeps everything)."""
+    rng = np.random.default_rng(9)
+    layer = lstm.LSTM(3, 2, rng, C, rule)
+    for p in layer.params:
+        p.value = p.value.astype(np.float64)
+    check_op(lambda f, x, Wx, Wh, b: layer(f, x), [leaf(rng.normal(size=(4, 2, 3))),
+                                                     layer.Wx, layer.Wh, layer.b])

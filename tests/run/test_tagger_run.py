@@ -101,3 +101,34 @@ def test_mlp_header_has_no_tagger_fields():
                    for line in Config().header_lines())
     lines = tagger_cfg().header_lines()
     assert "EmbedSize: 5" in lines and not any(line.startswith("TrainLabelFile") for line in lines)
+
+
+# -- the shipped config on the real treebank --------------------------------------------------
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+TREEBANK = next((d for d in (REPO.parent / "shared" / "data" / "ud-en-ewt",
+                             REPO / "shared" / "data" / "ud-en-ewt")
+                 if (d / "en_ewt-ud-train.conllu.gz").is_file()), None)
+
+
+@pytest.mark.skipif(TREEBANK is None, reason="UD English-EWT not found beside the checkout")
+@pytest.mark.parametrize("sets", [[], ["--set", "NetType=lstmtop", "--set", "TrainTop=3"]],
+                         ids=["lstm", "lstmtop"])
+def test_postag_config_trains_on_the_treebank(tmp_path, sets):
+    """`python run.py configs/postag.json` (shrunk: a narrow network, one part of one epoch)."""
+    argv = [sys.executable, str(REPO / "run.py"), str(REPO / "configs" / "postag.json"),
+            "--set", f"DataDir={TREEBANK}", "--set", "HiddenSize=8", "--set", "EmbedSize=8",
+            "--set", "MaxEpoch=1", "--set", "IterPerEpoch=1", "--set", "RandomSeed=1",
+            "--set", "MinCount=50", *sets, "--log-dir", str(tmp_path)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    log = next(tmp_path.glob("*-log-*.txt")).read_text()
+    assert "Info: #Tokens: 204577, 25147, 25094 (trn, dev, tst)" in log
+    assert "00:00: loss: " in log and "\t dev: loss: " in log and "$ " in log
+    assert "Time: fp: " in log and "#################### Run End" in log
