@@ -875,7 +875,7 @@ def torch_tagger_step(model, opt, batch, now):
     t3 = now()
     with torch.no_grad():
         correct = int((logits.argmax(dim=1) == tags).sum())
-    return (t1 - t0, t2 - t1, t3 - t2), float(loss), correct
+    return (t1 - t0, t2 - t1, t3 - t2), loss.item(), correct
 
 
 def torch_tagger_epoch(spec, now):
@@ -923,7 +923,7 @@ def score_line(loss, correct, total, seconds):
 def torch_tagger_accuracy(spec):
     """`epochs` whole epochs in PyTorch, one part each, in our Trainer's order (the same
     generator, shuffle and `batch_by_length`): dev after every epoch, test at each new best
-    dev; the log's lines (also on stderr as they come) and the test accuracy at best dev."""
+    dev; the log's lines (on stderr as they come) and the test accuracy at best dev."""
     cfg, trainer, order, model, opt = torch_tagger_setup(spec)
     mb = cfg.MinibatchSize
     lines, best_dev, test_at_best = [], 0.0, 0.0
@@ -1024,6 +1024,20 @@ def mode_tagger_bp(args):
             rows=raw), indent=1))
 
 
+def measure_live(spec):
+    """`harness.measure` of a PyTorch worker whose stderr lines (a long run's log) are
+    printed here as they come."""
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--worker", json.dumps(spec)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=harness.worker_env(torch=True))
+    for line in proc.stderr:  # the worker's stdout is one JSON line at its end
+        print(line, end="", flush=True)
+    out = proc.stdout.read()
+    if proc.wait() != 0:
+        raise SystemExit(f"worker {spec} failed ({proc.returncode})")
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def mode_tagger_torch(args):
     """The tagger in PyTorch from our initial weights: epoch time against ours, accuracy run."""
     if not HAVE_TORCH:
@@ -1053,12 +1067,12 @@ def mode_tagger_torch(args):
     if args.epochs > 0:
         spec = tagger_spec(TORCH_TAGGER, args, kind="tagger-acc", epochs=args.epochs)
         spec["threads"] = args.accuracy_threads
-        print(f"\naccuracy run: PyTorch, {args.epochs} whole epoch(s) of "
-              f"{tagger_settings(args).split(';')[0].replace(f'{args.threads} thread(s), ', '')}, "
-              f"LearningRate {args.lr}, {args.accuracy_threads} thread(s); our Trainer's data "
-              "order, one part per epoch (compare with run.py's log at IterPerEpoch 1)\n")
-        out = harness.measure(SCRIPT, spec, env=harness.worker_env(torch=True))
-        print("\n".join(out["lines"]))
+        print(f"\naccuracy run: PyTorch, {args.epochs} whole epoch(s); EmbedSize {args.embed}, "
+              f"HiddenSize {args.hidden}, MinibatchSize {args.minibatch}, MinCount "
+              f"{args.min_count}, LearningRate {args.lr}, RandomSeed {args.seed}, "
+              f"{args.accuracy_threads} thread(s); our Trainer's data order, one part per epoch "
+              "(compare with run.py's log at IterPerEpoch 1)\n", flush=True)
+        out = measure_live(spec)
         print(f"\nPyTorch: best dev {out['best_dev']:.2f}, test at best dev "
               f"{out['test_at_best']:.2f}")
 
