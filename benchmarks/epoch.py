@@ -993,7 +993,9 @@ def tagger_settings(args):
 
 def mode_tagger_bp(args):
     """The tagger's backprop per epoch: dense (lstm) against meProp (lstmtop, lstmrand)."""
-    ks = [int(k) for k in args.k.split(",")]
+    ks = args.k.split(",")
+    if not all(k.isdigit() and int(k) > 0 for k in ks):
+        harness.fail(f"--k {args.k!r}: expected comma-separated whole numbers > 0")
     cases = ["lstm"] + [f"lstmtop k={k}" for k in ks] + ["lstmrand k=10", "lstmtop k=10 whole"]
     for name in cases:
         tagger_case_fields(name)
