@@ -17,6 +17,12 @@ Modes (`python benchmarks/epoch.py MODE --help` for each one's options):
 - cold-start: `run.py CONFIG --set MaxEpoch=1 --set IterPerEpoch=1` with empty Numba and
   user caches: seconds to its first output line and to its exit.
 - sweep: one sweep on the local pool against the same sweep on a local Dask cluster.
+- tagger-bp: the part-of-speech tagger's fp, bp and update per epoch, dense (lstm) against
+  meProp (lstmtop at several k, per gate and of the whole 4H; lstmrand), on the training
+  split's length-sorted minibatches, scaled from the first sentences of an epoch.
+- tagger-torch: the same tagger in PyTorch (nn.Embedding, a bidirectional nn.LSTM over packed
+  sequences, nn.Linear) from our Tagger's initial weights: its epoch against ours dense, and
+  an accuracy run of whole epochs (dev each epoch, test at each new best dev).
 
 Every measurement is a fresh process (`harness.measure`); the contenders alternate and the
 tables give medians. Compile time is kept out of the epoch figures: the kernels come from the
@@ -98,6 +104,8 @@ def worker(spec):
     kind = spec.get("kind", "epoch")
     if kind == "cold":
         return cold_start_one(spec)
+    if kind.startswith("tagger"):
+        return tagger_worker(spec)
     splits = harness.load_splits(spec.get("data"))
     now = time.thread_time if spec.get("clock") == "cpu" else time.perf_counter
     if spec["case"].startswith("PyTorch"):
@@ -651,8 +659,429 @@ def mode_sweep(args):
         shutil.rmtree(work, ignore_errors=True)
 
 
+# -- tagger-bp and tagger-torch: the part-of-speech tagger -------------------------------------
+TAGGER_NETS = ("lstm", "lstmtop", "lstmrand")
+TAGGER_FILES = dict(TrainFile="en_ewt-ud-train.conllu", DevFile="en_ewt-ud-dev.conllu",
+                    TestFile="en_ewt-ud-test.conllu")
+TAGGER_WARM_STEPS = 5
+TORCH_TAGGER = "PyTorch tagger"
+
+
+def tagger_case_fields(name):
+    """Config fields of a tagger case name: 'lstm', or 'lstmtop k=N' / 'lstmrand k=N', then
+    'whole' for TopKScope whole (k of the whole 4H-wide gate vector, not k of each gate)."""
+    words = name.split()
+    if not words or words[0] not in TAGGER_NETS:
+        harness.fail(f"{name!r} does not start with one of {', '.join(TAGGER_NETS)}")
+    fields = dict(NetType=words[0])
+    for w in words[1:]:
+        if w.startswith("k=") and w[2:].isdigit() and int(w[2:]) > 0 and words[0] != "lstm":
+            fields["TrainTop"] = int(w[2:])
+        elif w == "whole" and words[0] != "lstm":
+            fields["TopKScope"] = "whole"
+        else:
+            harness.fail(f"{w!r} in {name!r}: expected k=N (N > 0) or 'whole' after lstmtop "
+                         "or lstmrand")
+    if words[0] != "lstm" and "TrainTop" not in fields:
+        harness.fail(f"{name!r}: {words[0]} needs k=N")
+    return fields
+
+
+def tagger_data_dir(given=None):
+    """The folder of en_ewt-ud-{train,dev,test}.conllu(.gz): `given`, else ud-en-ewt/ beside
+    the MNIST folder the tests find, else in nnmnist's default data folder."""
+    if given:
+        return str(Path(given).expanduser().resolve())
+    beside = harness.mnist_dir().parent / "ud-en-ewt"
+    if beside.is_dir():
+        return str(beside)
+    from nnmnist.data.mnist import default_data_dir
+    return str(default_data_dir() / "ud-en-ewt")
+
+
+def tagger_config(spec, **fields):
+    """The tagger's Config for a worker's spec: one bidirectional layer, the 17 UPOS tags,
+    the mean token loss (LossGrad mean) and the spec's sizes, seed and thread count."""
+    from nnmnist.run.config import Config, validate
+    from nnmnist.errors import UserError
+    cfg = Config(Layers=2, LabelCount=17, LossGrad="mean", DataDir=spec["data"],
+                 EmbedSize=spec["embed"], HiddenSize=spec["hidden"],
+                 MinibatchSize=spec["minibatch"], MinCount=spec["min_count"],
+                 LearningRate=spec["lr"], RandomSeed=spec["seed"], Threads=spec["threads"],
+                 **TAGGER_FILES, **fields)
+    try:
+        validate(cfg, "tagger case")
+    except UserError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return cfg
+
+
+def tagger_trainer(cfg, sentences=0):
+    """Our Trainer of `cfg` on the treebank, and its first epoch's order as it cuts it (its
+    data generator's shuffle, then minibatches of about the same length), of the first
+    `sentences` (0: all) of the shuffled epoch: see `next_tagger_order`."""
+    from nnmnist.data.conllu import load_tagger
+    from nnmnist.run.training import Trainer
+    data, missing = load_tagger(cfg, cfg.DataDir)
+    if data is None:
+        raise SystemExit(f"error: {next(iter(missing.values()))} not found in {cfg.DataDir} "
+                         "(give --data-dir)")
+    trainer = Trainer(cfg, data)
+    return trainer, next_tagger_order(trainer, sentences)
+
+
+def next_tagger_order(trainer, sentences=0):
+    """The next epoch's order, exactly as `Trainer._run` makes it (the same generator, then
+    `batch_by_length`). With `sentences`, only the first ones of the shuffled epoch, cut the
+    same way: a random sample whose minibatches are as long as an epoch's are (the first
+    sentences of the cut epoch would be the shortest of its first length-sorted window)."""
+    from nnmnist.data.conllu import batch_by_length
+    trainer.data_rng.shuffle(trainer.order)
+    mb = trainer.cfg.MinibatchSize
+    if sentences:
+        return batch_by_length(trainer.order[:sentences], trainer.lengths, mb)
+    trainer.order[...] = batch_by_length(trainer.order, trainer.lengths, mb)
+    return trainer.order.copy()
+
+
+def tagger_worker(spec):
+    now = time.thread_time if spec.get("clock") == "cpu" else time.perf_counter
+    if spec["case"] == TORCH_TAGGER:
+        import torch
+        torch.set_num_threads(spec["threads"])
+        if spec["kind"] == "tagger-acc":
+            return torch_tagger_accuracy(spec)
+        return torch_tagger_epoch(spec, now)
+    from nnmnist.kernels import set_num_threads
+    from nnmnist.run import training
+    from nnmnist.run.training import Timer
+    from nnmnist.run.warm import compile_for
+    set_num_threads(spec["threads"])
+    cfg = tagger_config(spec, **tagger_case_fields(spec["case"]))
+    trainer, timed = tagger_trainer(cfg, spec["sentences"])
+    compile_for(cfg, trainer.compute)  # from the on-disk cache: compile time is kept out
+    training.time = types.SimpleNamespace(perf_counter=now)  # the clock of the log's Timer
+    mb = cfg.MinibatchSize
+    trainer.train_part(timed[:mb * TAGGER_WARM_STEPS], Timer(), "warm-up")
+    timer = Timer()
+    cpu = time.process_time()
+    trainer.train_part(timed, timer, "epoch")
+    return dict(fp=timer.fp, bp=timer.bp, update=timer.update, cpu=time.process_time() - cpu,
+                sentences=len(timed), epoch_sentences=len(trainer.order),
+                tokens=int((trainer.trn_y[timed] >= 0).sum()),
+                epoch_tokens=int((trainer.trn_y >= 0).sum()))
+
+
+def torch_tagger_model(ours):
+    """Our Tagger as a PyTorch user writes it, holding a copy of its weights: nn.Embedding, a
+    bidirectional nn.LSTM over packed sequences (the backward direction starts at each
+    sentence's last word, as ours does) and nn.Linear on the words' outputs. PyTorch's gates
+    are i, f, g, o as ours; of its two biases, bias_ih is ours and bias_hh is zero."""
+    import torch
+    from torch import nn
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    class TorchTagger(nn.Module):
+        def __init__(self, vocab, embed, hidden, tags):
+            super().__init__()
+            self.embed = nn.Embedding(vocab, embed)
+            self.lstm = nn.LSTM(embed, hidden, batch_first=True, bidirectional=True)
+            self.out = nn.Linear(2 * hidden, tags)
+
+        def forward(self, x, lengths):
+            """Logits of the words of x (B, L), padding 0 at the end, in row-major order."""
+            packed = pack_padded_sequence(self.embed(x), lengths, batch_first=True,
+                                          enforce_sorted=False)
+            h, _ = self.lstm(packed)
+            h, _ = pad_packed_sequence(h, batch_first=True, total_length=x.shape[1])
+            return self.out(h[x != 0])
+
+    cfg = ours.cfg
+    model = TorchTagger(len(ours.vocab), cfg.EmbedSize, cfg.HiddenSize, cfg.LabelCount)
+    copy = lambda dst, src: dst.copy_(torch.from_numpy(np.asarray(src.value)))  # noqa: E731
+    with torch.no_grad():
+        copy(model.embed.weight, ours.embedding)
+        for suffix, lstm in (("", ours.fwd), ("_reverse", ours.bwd)):
+            copy(getattr(model.lstm, f"weight_ih_l0{suffix}"), lstm.Wx)
+            copy(getattr(model.lstm, f"weight_hh_l0{suffix}"), lstm.Wh)
+            copy(getattr(model.lstm, f"bias_ih_l0{suffix}"), lstm.b)
+            getattr(model.lstm, f"bias_hh_l0{suffix}").zero_()
+        copy(model.out.weight, ours.out.W)
+        copy(model.out.bias, ours.out.b)
+    return model
+
+
+def torch_batches(x, y, rows_list):
+    """(x, lengths, tags of the words) tensors of each minibatch, cut to its longest sentence
+    as our Tagger's `prepare_batch` cuts it."""
+    import torch
+    out = []
+    for rows in rows_list:
+        xb = x[rows]
+        lengths = (xb != 0).sum(axis=1)
+        longest = max(int(lengths.max()), 1)
+        xb, yb = xb[:, :longest], y[rows][:, :longest]
+        out.append((torch.from_numpy(np.ascontiguousarray(xb)).long(),
+                    torch.from_numpy(lengths.astype(np.int64)),
+                    torch.from_numpy(yb[xb != 0].astype(np.int64))))
+    return out
+
+
+def minibatches(order, mb):
+    return [order[i:i + mb] for i in range(0, len(order), mb)]
+
+
+def torch_tagger_setup(spec, sentences=0):
+    """Our Tagger built from the spec's seed (plain NumPy kernels: nothing of Numba runs in a
+    PyTorch worker), the PyTorch copy of it and Adam over the copy's parameters, with the
+    first epoch's order (of its first `sentences`) as `tagger_trainer` gives it."""
+    import torch
+    cfg = tagger_config(spec, NetType="lstm", Kernels="numpy")
+    trainer, order = tagger_trainer(cfg, sentences)
+    model = torch_tagger_model(trainer.model)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.LearningRate, betas=(0.9, 0.999), eps=1e-8)
+    return cfg, trainer, order, model, opt
+
+
+def initial_losses(trainer, model, batch):
+    """Our Tagger's and the PyTorch copy's mean token loss on one minibatch before any step:
+    equal to float32 rounding when the weights were copied right."""
+    import torch
+    from nnmnist.nn.tensor import Flow
+    x, lengths, tags = batch
+    xb = x.numpy().astype(np.int32)
+    yb = np.full(xb.shape, -1, np.int32)
+    yb[xb != 0] = tags.numpy()
+    losses, _ = trainer.model.forward(Flow(training=False), xb, yb)
+    with torch.no_grad():
+        theirs = torch.nn.functional.cross_entropy(model(x, lengths), tags)
+    return float(np.mean(losses, dtype=np.float64)), float(theirs)
+
+
+def torch_tagger_step(model, opt, batch, now):
+    """One training step; (fp, bp, update) seconds, the mean loss, the correct words."""
+    import torch
+    from torch import nn
+    x, lengths, tags = batch
+    t0 = now()
+    logits = model(x, lengths)
+    loss = nn.functional.cross_entropy(logits, tags)
+    t1 = now()
+    loss.backward()
+    t2 = now()
+    nn.utils.clip_grad_value_(model.parameters(), 5.0)  # ClipBound 5: each gradient element
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    t3 = now()
+    with torch.no_grad():
+        correct = int((logits.argmax(dim=1) == tags).sum())
+    return (t1 - t0, t2 - t1, t3 - t2), loss.item(), correct
+
+
+def torch_tagger_epoch(spec, now):
+    cfg, trainer, timed, model, opt = torch_tagger_setup(spec, spec["sentences"])
+    mb = cfg.MinibatchSize
+    warm = torch_batches(trainer.trn_x, trainer.trn_y,
+                         minibatches(timed[:mb * TAGGER_WARM_STEPS], mb))
+    batches = torch_batches(trainer.trn_x, trainer.trn_y, minibatches(timed, mb))
+    ours_loss, torch_loss = initial_losses(trainer, model, batches[0])
+    for batch in warm:
+        torch_tagger_step(model, opt, batch, now)
+    fp = bp = update = 0.0
+    cpu = time.process_time()
+    for batch in batches:
+        (f, b, u), _, _ = torch_tagger_step(model, opt, batch, now)
+        fp, bp, update = fp + f, bp + b, update + u
+    return dict(fp=fp, bp=bp, update=update, cpu=time.process_time() - cpu,
+                sentences=len(timed), epoch_sentences=len(trainer.order),
+                tokens=int((trainer.trn_y[timed] >= 0).sum()),
+                epoch_tokens=int((trainer.trn_y >= 0).sum()),
+                initial_loss_ours=ours_loss, initial_loss_torch=torch_loss)
+
+
+def torch_tagger_evaluate(model, x, y, mb):
+    """(mean of the minibatches' mean losses, correct words, words, seconds) over a split in
+    file order, in minibatches of `mb`, as our `evaluate` does."""
+    import torch
+    start = time.perf_counter()
+    loss = correct = total = 0
+    batches = torch_batches(x, y, minibatches(np.arange(len(y)), mb))
+    with torch.no_grad():
+        for xb, lengths, tags in batches:
+            logits = model(xb, lengths)
+            loss += float(torch.nn.functional.cross_entropy(logits, tags))
+            correct += int((logits.argmax(dim=1) == tags).sum())
+            total += len(tags)
+    return loss / max(len(batches), 1), correct, total, time.perf_counter() - start
+
+
+def score_line(loss, correct, total, seconds):
+    return (f"loss: {loss:.4f}, acc: {100.0 * correct / max(total, 1):.2f}({correct}/{total}), "
+            f"time = {seconds:.1f}s")
+
+
+def torch_tagger_accuracy(spec):
+    """`epochs` whole epochs in PyTorch, one part each, in our Trainer's order (the same
+    generator, shuffle and `batch_by_length`): dev after every epoch, test at each new best
+    dev; the log's lines (on stderr as they come) and the test accuracy at best dev."""
+    cfg, trainer, order, model, opt = torch_tagger_setup(spec)
+    mb = cfg.MinibatchSize
+    lines, best_dev, test_at_best = [], 0.0, 0.0
+
+    def say(line):
+        lines.append(line)
+        print(line, file=sys.stderr, flush=True)
+    for epoch in range(spec["epochs"]):
+        if epoch:
+            order = next_tagger_order(trainer)
+        batches = torch_batches(trainer.trn_x, trainer.trn_y, minibatches(order, mb))
+        start = time.perf_counter()
+        fp = bp = update = loss = 0.0
+        correct = total = 0
+        for batch in batches:
+            (f, b, u), batch_loss, batch_correct = torch_tagger_step(model, opt, batch,
+                                                                    time.perf_counter)
+            fp, bp, update = fp + f, bp + b, update + u
+            loss, correct, total = loss + batch_loss, correct + batch_correct, total + len(batch[2])
+        seconds = time.perf_counter() - start
+        dev = torch_tagger_evaluate(model, trainer.dev_x, trainer.dev_y, mb)
+        say(f"{epoch:02d}:00: {score_line(loss / len(batches), correct, total, seconds)}")
+        say(f"\t dev: {score_line(*dev)}")
+        dev_acc = 100.0 * dev[1] / max(dev[2], 1)
+        if dev_acc > best_dev:
+            tst = torch_tagger_evaluate(model, trainer.tst_x, trainer.tst_y, mb)
+            best_dev, test_at_best = dev_acc, 100.0 * tst[1] / max(tst[2], 1)
+            say(f"\t tst: {score_line(*tst)}")
+            say(f"$ {best_dev:.2f} | {test_at_best:.2f}")
+        say(f"Time: fp: {fp:.2f}s, bp: {bp:.2f}s, update: {update:.2f}s")
+    return dict(lines=lines, best_dev=best_dev, test_at_best=test_at_best)
+
+
+def tagger_spec(case, args, kind="tagger", **extra):
+    return dict(kind=kind, case=case, threads=args.threads, minibatch=args.minibatch,
+                hidden=args.hidden, embed=args.embed, min_count=args.min_count, lr=args.lr,
+                seed=args.seed, sentences=getattr(args, "sentences", 0),
+                data=tagger_data_dir(args.data_dir), clock=getattr(args, "clock", "wall"), **extra)
+
+
+def tagger_medians(samples):
+    """Per case, the medians scaled from the timed sentences to the whole epoch."""
+    med = {}
+    for name, m in harness.medians(samples).items():
+        scale = m["epoch_sentences"] / m["sentences"]
+        med[name] = with_total({part: scale * m[part] for part in ("fp", "bp", "update", "cpu")})
+        med[name].update(sentences=m["sentences"], epoch_sentences=m["epoch_sentences"],
+                         tokens=m["tokens"], epoch_tokens=m["epoch_tokens"])
+    return med
+
+
+def tagger_scale_note(med, args):
+    m = next(iter(med.values()))
+    if m["sentences"] == m["epoch_sentences"]:
+        return f"whole epochs of {m['epoch_sentences']:,} sentences"
+    return (f"the first {m['sentences']:,} sentences ({m['tokens']:,} words) of the shuffled "
+            "epoch, cut into length-sorted minibatches as the Trainer cuts an epoch, scaled by "
+            f"sentences to the {m['epoch_sentences']:,}-sentence epoch "
+            f"({m['epoch_tokens']:,} words)")
+
+
+def tagger_settings(args):
+    return (f"EmbedSize {args.embed}, HiddenSize {args.hidden} per direction, MinibatchSize "
+            f"{args.minibatch}, MinCount {args.min_count}, {args.threads} thread(s), "
+            f"RandomSeed {args.seed}; {TAGGER_WARM_STEPS} minibatches of warm-up before the clock")
+
+
+def mode_tagger_bp(args):
+    """The tagger's backprop per epoch: dense (lstm) against meProp (lstmtop, lstmrand)."""
+    ks = args.k.split(",")
+    if not all(k.isdigit() and int(k) > 0 for k in ks):
+        harness.fail(f"--k {args.k!r}: expected comma-separated whole numbers > 0")
+    cases = ["lstm"] + [f"lstmtop k={k}" for k in ks] + ["lstmrand k=10", "lstmtop k=10 whole"]
+    for name in cases:
+        tagger_case_fields(name)
+    before = extra_header()
+    samples = harness.alternate(cases, args.repeats, lambda name: measure_epoch(
+        tagger_spec(name, args)))
+    med = tagger_medians(samples)
+    print_header(before)
+    print(f"medians of {args.repeats}, each measured on {tagger_scale_note(med, args)}; "
+          f"{tagger_settings(args)}; fp, bp and update by the {args.clock} clock; CPU s: the "
+          "process's CPU seconds over the timed part; 'whole': k of the 4H gate vector, the "
+          "others k of each gate's H\n")
+    dense_bp = med["lstm"]["bp"]
+    rows, raw = [], []
+    for name in cases:
+        m = med[name]
+        fields = tagger_case_fields(name)
+        rows.append([name, f"{m['fp']:.2f}", f"{m['bp']:.2f}", f"{m['update']:.2f}",
+                     f"{m['epoch']:.2f}", f"{m['cpu']:.2f}", f"{dense_bp / m['bp']:.2f}x"])
+        raw.append(dict(case=name, NetType=fields["NetType"], TrainTop=fields.get("TrainTop"),
+                        TopKScope=fields.get("TopKScope", "gate"), bp_gain=dense_bp / m["bp"], **m))
+    print(harness.table(["case", "fp s", "bp s", "update s", "epoch s", "CPU s",
+                         "dense bp / bp"], rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(
+            settings=dict(embed=args.embed, hidden=args.hidden, minibatch=args.minibatch,
+                          threads=args.threads, repeats=args.repeats, clock=args.clock),
+            rows=raw), indent=1))
+
+
+def measure_live(spec):
+    """`harness.measure` of a PyTorch worker whose stderr lines (a long run's log) are
+    printed here as they come."""
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--worker", json.dumps(spec)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=harness.worker_env(torch=True))
+    for line in proc.stderr:  # the worker's stdout is one JSON line at its end
+        print(line, end="", flush=True)
+    out = proc.stdout.read()
+    if proc.wait() != 0:
+        raise SystemExit(f"worker {spec} failed ({proc.returncode})")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def mode_tagger_torch(args):
+    """The tagger in PyTorch from our initial weights: epoch time against ours, accuracy run."""
+    if not HAVE_TORCH:
+        harness.fail("PyTorch is not installed (it is never a dependency of nnmnist)")
+    before = extra_header()
+    med = None
+    if args.repeats > 0:
+        cases = ["lstm", TORCH_TAGGER]
+        samples = harness.alternate(cases, args.repeats, lambda name: measure_epoch(
+            tagger_spec(name, args)))
+        med = tagger_medians(samples)
+        first = samples[TORCH_TAGGER][0]
+    print_header(before)
+    if med is not None:
+        print(f"epoch time, medians of {args.repeats}, each measured on "
+              f"{tagger_scale_note(med, args)}; {tagger_settings(args)}; {args.clock} clock. "
+              f"Mean token loss of the first timed minibatch before any step: ours "
+              f"{first['initial_loss_ours']:.6f}, PyTorch {first['initial_loss_torch']:.6f} "
+              "(the same initial weights)\n")
+        print(harness.table(["case", "fp s", "bp s", "update s", "epoch s", "CPU s"],
+                            [[name, f"{m['fp']:.2f}", f"{m['bp']:.2f}", f"{m['update']:.2f}",
+                              f"{m['epoch']:.2f}", f"{m['cpu']:.2f}"] for name, m in med.items()]))
+        ours, theirs = med["lstm"], med[TORCH_TAGGER]
+        print(f"\nours / PyTorch: epoch {ours['epoch'] / theirs['epoch']:.2f}x, fp "
+              f"{ours['fp'] / theirs['fp']:.2f}x, bp {ours['bp'] / theirs['bp']:.2f}x, update "
+              f"{ours['update'] / theirs['update']:.2f}x")
+    if args.epochs > 0:
+        spec = tagger_spec(TORCH_TAGGER, args, kind="tagger-acc", epochs=args.epochs)
+        spec["threads"] = args.accuracy_threads
+        print(f"\naccuracy run: PyTorch, {args.epochs} whole epoch(s); EmbedSize {args.embed}, "
+              f"HiddenSize {args.hidden}, MinibatchSize {args.minibatch}, MinCount "
+              f"{args.min_count}, LearningRate {args.lr}, RandomSeed {args.seed}, "
+              f"{args.accuracy_threads} thread(s); our Trainer's data order, one part per epoch "
+              "(compare with run.py's log at IterPerEpoch 1)\n", flush=True)
+        out = measure_live(spec)
+        print(f"\nPyTorch: best dev {out['best_dev']:.2f}, test at best dev "
+              f"{out['test_at_best']:.2f}")
+
+
 MODES = {"table": mode_table, "width": mode_width, "step": mode_step, "ab": mode_ab,
-         "late": mode_late, "cold-start": mode_cold_start, "sweep": mode_sweep}
+         "late": mode_late, "cold-start": mode_cold_start, "sweep": mode_sweep,
+         "tagger-bp": mode_tagger_bp, "tagger-torch": mode_tagger_torch}
 
 
 def add_arguments(mode, p):
@@ -709,6 +1138,37 @@ def add_arguments(mode, p):
         p.add_argument("--configs", nargs="+", default=["configs/default.json", "configs/mlptop.json"])
         p.add_argument("--repeats", type=int, default=3)
         p.add_argument("--repo", help="the checkout whose run.py runs (default: this one)")
+    elif mode in ("tagger-bp", "tagger-torch"):
+        p.add_argument("--sentences", type=int, default=2000,
+                       help="time the first N sentences of the epoch and scale to the whole "
+                            "12,544 (0: all)")
+        p.add_argument("--hidden", type=int, default=500, help="HiddenSize (each direction)")
+        p.add_argument("--embed", type=int, default=100, help="EmbedSize")
+        p.add_argument("--minibatch", type=int, default=32, help="MinibatchSize")
+        p.add_argument("--min-count", type=int, default=2, help="MinCount")
+        p.add_argument("--lr", type=float, default=0.001, help="LearningRate (Adam)")
+        p.add_argument("--seed", type=int, default=1, help="RandomSeed (weights and data order)")
+        p.add_argument("--threads", type=int, default=1)
+        p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                       help="the clock of fp, bp and update; cpu: the thread's CPU time, "
+                            "which other jobs on a shared machine inflate less")
+        p.add_argument("--data-dir", help="the folder of en_ewt-ud-{train,dev,test}.conllu(.gz) "
+                                          "(default: ud-en-ewt beside the MNIST folder)")
+        if mode == "tagger-bp":
+            p.add_argument("--repeats", type=int, default=3)
+            p.add_argument("--k", default="5,10,20,50",
+                           help="comma-separated k of lstmtop (per gate); lstmrand and lstmtop "
+                                "with TopKScope whole are measured at k=10")
+            p.add_argument("--json", help="also write the medians (scaled to an epoch) here, "
+                                          "for `nnmnist plot tagger-k`")
+        else:
+            p.add_argument("--repeats", type=int, default=3,
+                           help="epoch-time repeats, ours dense and PyTorch alternating "
+                                "(0: no timing)")
+            p.add_argument("--epochs", type=int, default=0,
+                           help="also an accuracy run of N whole epochs in PyTorch (0: none)")
+            p.add_argument("--accuracy-threads", type=int, default=1,
+                           help="PyTorch's threads in the accuracy run")
     elif mode == "sweep":
         p.add_argument("--data-dir", help="folder with the MNIST files (default: as the tests find it)")
         p.add_argument("--runs", type=int, default=8)

@@ -2,6 +2,7 @@
 
     nnmnist plot METRICS.jsonl [MORE.jsonl ...] -o curves.png [--title T]
     nnmnist plot k-effect OUT/results.json -o k.png [--title T] [--where Field=Value ...]
+    nnmnist plot tagger-k OUT/results.json BP.json -o k.png [--title T] [--where Field=Value ...]
 
 The first draws training curves, one colour per file: dev accuracy (line) and test accuracy
 (markers: the test set is only evaluated when dev accuracy reaches a new best) on the left, train
@@ -11,6 +12,11 @@ The second reads a sweep's results.json and draws test accuracy at the best dev 
 k on a log2 axis, with mean and sample-std error bars over the runs (seeds) at each k, for
 top-k (NetType mlptop, k = TrainTop), random-k (mlprand, k = TrainTop) and a plain dense network
 only k wide (mlp, k = HiddenSize).
+
+The third is the tagger's: on the left test accuracy at the best dev accuracy against k (log2
+axis, mean and sample std over seeds) for lstmtop and lstmrand from a sweep's results.json, the
+dense tagger (lstm) a horizontal line; on the right backprop seconds per epoch against k from the
+JSON of `benchmarks/epoch.py tagger-bp --json`, dense again a horizontal line.
 """
 import argparse
 import json
@@ -19,6 +25,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from .. import fsio
 from ..errors import UserError
 
 INSTALL_HINT = "matplotlib is not installed; pip install .[plot] (or pip install matplotlib)"
@@ -215,6 +222,106 @@ def plot_k_effect(results, out, title=None, where=None):
     _save(plt, fig, out)
 
 
+# ---------------------------------------------------------------- the tagger's k
+
+def _tagger_label(net, scope):
+    kind = "top-k" if net == "lstmtop" else "random-k"
+    if scope == "whole":
+        return f"{kind} of the whole 4H ({net}, TopKScope whole)"
+    return f"{kind} of each gate ({net})"
+
+
+def _mean_std(values):
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
+
+
+def tagger_k_points(rows, where=None):
+    """({group label: [(k, mean, std, n), ...]}, dense (mean, std, n) or None): test accuracy
+    at best dev of the finished tagger runs that match `where`, by NetType, TopKScope and k."""
+    where = where or {}
+    by_group, dense = {}, []
+    for r in rows:
+        if r.get("status", "done") != "done" or r.get("test_at_best") is None:
+            continue
+        cfg = {**(r.get("config") or {}), **(r.get("overrides") or {})}
+        if any(cfg.get(k) != v for k, v in where.items()):
+            continue
+        net, acc = cfg.get("NetType"), float(r["test_at_best"])
+        if net == "lstm":
+            dense.append(acc)
+        elif net in ("lstmtop", "lstmrand") and cfg.get("TrainTop") is not None:
+            group = by_group.setdefault((net, cfg.get("TopKScope", "gate")), {})
+            group.setdefault(int(cfg["TrainTop"]), []).append(acc)
+    points = {_tagger_label(net, scope): [(k, *_mean_std(v)) for k, v in sorted(by_k.items())]
+              for (net, scope), by_k in sorted(by_group.items())}
+    return points, _mean_std(dense) if dense else None
+
+
+def tagger_bp_points(path):
+    """({group label: [(k, bp seconds), ...]}, dense bp seconds or None) from the JSON of
+    `benchmarks/epoch.py tagger-bp --json`."""
+    doc = fsio.read_json(path, "tagger-bp JSON file")
+    rows = doc.get("rows") if isinstance(doc, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "bp" in r for r in rows):
+        raise UserError(f"{path}: not the JSON of `benchmarks/epoch.py tagger-bp --json` "
+                        "(no list of rows with bp)")
+    points, dense = {}, None
+    for r in rows:
+        if r.get("NetType") == "lstm":
+            dense = float(r["bp"])
+        elif r.get("TrainTop") is not None:
+            label = _tagger_label(r.get("NetType"), r.get("TopKScope", "gate"))
+            points.setdefault(label, []).append((int(r["TrainTop"]), float(r["bp"])))
+    return {label: sorted(pts) for label, pts in points.items()}, dense
+
+
+def plot_tagger_k(results, bp_json, out, title=None, where=None):
+    from .sweep import load_results
+    _, rows, path = load_results(results)
+    points, dense = tagger_k_points(rows, _parse_where(where))
+    if not points and dense is None:
+        raise UserError(f"{path}: no finished lstm, lstmtop or lstmrand runs"
+                        + (" matching --where" if where else ""))
+    bp_points, dense_bp = tagger_bp_points(bp_json)
+    plt = pyplot()
+    fig, (ax_acc, ax_bp) = plt.subplots(1, 2, figsize=(12, 5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
+    color_of = {label: colors[i % len(colors)]
+                for i, label in enumerate(dict.fromkeys([*points, *bp_points]))}
+    ks = set()
+    for label, pts in points.items():
+        k, mean, std, n = zip(*pts)
+        ks.update(k)
+        ax_acc.errorbar(k, mean, yerr=std, marker="o", capsize=3, label=label, color=color_of[label])
+    if dense is not None:
+        mean, std, n = dense
+        ax_acc.axhline(mean, color="black", linestyle="--",
+                       label=f"dense (lstm), {n} run{'s' if n != 1 else ''}")
+        if std:
+            ax_acc.axhspan(mean - std, mean + std, color="black", alpha=0.08)
+    for label, pts in bp_points.items():
+        k, bp = zip(*pts)
+        ks.update(k)
+        ax_bp.plot(k, bp, marker="o", label=label, color=color_of[label])
+    if dense_bp is not None:
+        ax_bp.axhline(dense_bp, color="black", linestyle="--", label="dense (lstm)")
+    for ax in (ax_acc, ax_bp):
+        ax.set_xscale("log", base=2)
+        if ks:
+            ax.set_xticks(sorted(ks))
+            ax.set_xticklabels([str(k) for k in sorted(ks)])
+        ax.minorticks_off()
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    note = _epochs_note(rows)
+    ax_acc.set(xlabel="k", ylabel="test accuracy at best dev (%)",
+               title="accuracy" + (f" ({note}; mean ± std over seeds)" if note
+                                   else " (mean ± std over seeds)"))
+    ax_bp.set(xlabel="k", ylabel="seconds per epoch", title="backprop time per epoch")
+    fig.suptitle(title or "Effect of k on the part-of-speech tagger (UD English-EWT)")
+    _save(plt, fig, out)
+
+
 def _save(plt, fig, out):
     out = Path(out)
     try:
@@ -247,13 +354,29 @@ def main(argv=None, prog="nnmnist plot"):
                            help="only runs whose config has this value, e.g. --where OptType=adam")
             args = p.parse_args(argv[1:])
             plot_k_effect(args.results, args.output, args.title, args.where)
+        elif argv and argv[0] == "tagger-k":
+            p = argparse.ArgumentParser(
+                prog=f"{prog} tagger-k",
+                description="The tagger's test accuracy against k (a sweep's results.json) and "
+                            "backprop time against k (benchmarks/epoch.py tagger-bp --json), "
+                            "dense as a horizontal line in both.")
+            p.add_argument("results", help="a sweep's results.json (or its output folder)")
+            p.add_argument("bp_json", help="the JSON of benchmarks/epoch.py tagger-bp --json")
+            p.add_argument("-o", "--output", required=True, help="the PNG to write")
+            p.add_argument("--title")
+            p.add_argument("--where", action="append", metavar="FIELD=VALUE",
+                           help="only runs whose config has this value, e.g. --where HiddenSize=500")
+            args = p.parse_args(argv[1:])
+            plot_tagger_k(args.results, args.bp_json, args.output, args.title, args.where)
         else:
             p = argparse.ArgumentParser(
                 prog=prog,
                 description="Training curves (dev/test accuracy, train/dev loss against the part "
                             "index) from runs' .jsonl metrics files into a PNG. "
                             f"`{prog} k-effect results.json -o k.png` plots a "
-                            "sweep's test accuracy against k.")
+                            "sweep's test accuracy against k; "
+                            f"`{prog} tagger-k results.json bp.json -o k.png` the tagger's "
+                            "accuracy and backprop time against k.")
             p.add_argument("metrics", nargs="+", help="one or more .jsonl metrics files")
             p.add_argument("-o", "--output", required=True, help="the PNG to write")
             p.add_argument("--title")

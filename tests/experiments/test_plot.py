@@ -123,3 +123,74 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
     assert "no part records" in capsys.readouterr().err
     assert plot.main(["k-effect", str(tmp_path / "none.json"), "-o", str(tmp_path / "k.png")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def tagger_rows():
+    rows = []
+    for net, scope, ks in (("lstmtop", "gate", (5, 10, 20)), ("lstmrand", "gate", (10,)),
+                           ("lstmtop", "whole", (10,)), ("lstm", "gate", (None,))):
+        for k in ks:
+            for seed in (1, 2):
+                overrides = {"NetType": net, "RandomSeed": seed}
+                if k is not None:
+                    overrides["TrainTop"] = k
+                if scope == "whole":
+                    overrides["TopKScope"] = "whole"
+                cfg = {"NetType": "lstm", "HiddenSize": 500, "TrainTop": 10, "MaxEpoch": 3,
+                       "TopKScope": "gate", **overrides}
+                rows.append({"run_id": f"{net}-{scope}-{k}-{seed}", "status": "done",
+                             "overrides": overrides, "config": cfg,
+                             "test_at_best": 94 + (k or 40) / 100 + seed / 10})
+    rows.append({"run_id": "mlp", "status": "done", "overrides": {"NetType": "mlp"},
+                 "test_at_best": 97.0, "config": {"NetType": "mlp", "HiddenSize": 500}})
+    return rows
+
+
+def tagger_bp_json(path):
+    rows = [{"case": "lstm", "NetType": "lstm", "TrainTop": None, "TopKScope": "gate", "bp": 60.0}]
+    rows += [{"case": f"lstmtop k={k}", "NetType": "lstmtop", "TrainTop": k, "TopKScope": "gate",
+              "bp": 10.0 + k} for k in (20, 5, 10)]
+    rows += [{"case": "lstmrand k=10", "NetType": "lstmrand", "TrainTop": 10, "TopKScope": "gate",
+              "bp": 22.0},
+             {"case": "lstmtop k=10 whole", "NetType": "lstmtop", "TrainTop": 10,
+              "TopKScope": "whole", "bp": 12.0}]
+    path.write_text(json.dumps({"settings": {"hidden": 500}, "rows": rows}))
+    return path
+
+
+def test_tagger_k_points():
+    points, dense = plot.tagger_k_points(tagger_rows())
+    top = points["top-k of each gate (lstmtop)"]
+    assert [p[0] for p in top] == [5, 10, 20]
+    k, mean, std, n = top[0]
+    assert n == 2 and mean == pytest.approx(94.2) and std == pytest.approx(0.0707, abs=1e-3)
+    assert [p[0] for p in points["top-k of the whole 4H (lstmtop, TopKScope whole)"]] == [10]
+    assert [p[0] for p in points["random-k of each gate (lstmrand)"]] == [10]
+    assert dense[0] == pytest.approx(94.55) and dense[2] == 2  # the MLP's row is left out
+    only_dense, dense = plot.tagger_k_points(tagger_rows(), {"NetType": "lstm"})
+    assert only_dense == {} and dense[2] == 2
+
+
+def test_tagger_bp_points(tmp_path):
+    points, dense = plot.tagger_bp_points(tagger_bp_json(tmp_path / "bp.json"))
+    assert dense == 60.0
+    assert points["top-k of each gate (lstmtop)"] == [(5, 15.0), (10, 20.0), (20, 30.0)]
+    assert points["top-k of the whole 4H (lstmtop, TopKScope whole)"] == [(10, 12.0)]
+
+
+def test_tagger_k_png(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"runs": tagger_rows()}))
+    bp = tagger_bp_json(tmp_path / "bp.json")
+    out = tmp_path / "tagger_k.png"
+    assert plot.main(["tagger-k", str(results), str(bp), "-o", str(out)]) == 0
+    assert_png(out)
+    assert plot.main(["tagger-k", str(results), str(bp), "-o", str(out),
+                      "--where", "OptType=sgd"]) == 2
+    assert "no finished lstm" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text('{"rows": [{"case": "lstm"}]}')
+    assert plot.main(["tagger-k", str(results), str(tmp_path / "bad.json"), "-o", str(out)]) == 2
+    assert "tagger-bp --json" in capsys.readouterr().err
+    assert plot.main(["tagger-k", str(results), str(tmp_path / "none.json"), "-o", str(out)]) == 2
+    assert "not found" in capsys.readouterr().err
