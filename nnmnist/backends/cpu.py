@@ -8,7 +8,7 @@
 import numpy as np
 
 from ..optim.base import numpy_rows
-from ..nn.lstm import cell_backward, cell_forward
+from ..nn.lstm import cell_backward, cell_forward, select_gates
 from ..nn.select import RandomK, Selection, TopK, UnifiedRandomK, UnifiedTopK
 
 # The rules the fused Numba kernels implement (exactly these classes, not subclasses).
@@ -90,9 +90,30 @@ class NumpyCompute:
         state, whose weight gradient is summed over all steps afterwards)."""
         return self._kept(dy, selection) @ W
 
-    def meprop_weight_grad(self, x, dy, selection, dW):
-        """dW += (kept dy).T @ x alone."""
-        dW += self._kept(dy, selection).T @ x
+    def kept_values(self, dy, selection):
+        """The values of the entries a selection kept, (rows, k): what the weight gradients
+        need of dy once the selection is made."""
+        if selection.unified:
+            return dy[:, selection.chosen]
+        return self.xp.take_along_axis(dy, selection.chosen, axis=1)
+
+    def _from_pairs(self, selection, vals, width):
+        """The (rows, width) dy that holds `vals` at the selection's entries, zeros elsewhere."""
+        xp = self.xp
+        kept = xp.zeros((vals.shape[0], width), vals.dtype)
+        if selection.unified:
+            kept[:, selection.chosen] = vals
+        else:
+            kept[xp.arange(vals.shape[0])[:, None], selection.chosen] = vals
+        return kept
+
+    def meprop_pairs_weight_grad(self, x, selection, vals, dW):
+        """dW += (kept dy).T @ x, given the kept entries as (selection, values)."""
+        dW += self._from_pairs(selection, vals, dW.shape[0]).T @ x
+
+    def meprop_pairs_input_grad(self, W, selection, vals):
+        """(kept dy) @ W, given the kept entries as (selection, values)."""
+        return self._from_pairs(selection, vals, W.shape[0]) @ W
 
     def meprop_relu_backward(self, x, W, out, g, db, dW, rule, rng, hits, need_dx):
         """Backward of out = relu(mask * (x @ W.T + b)) through meProp, given g = d out.
@@ -127,6 +148,21 @@ class NumpyCompute:
         gradient reaching c_prev."""
         return cell_backward(self.xp, dh, dc, acts, c_prev, tc, dz_out)
 
+    def lstm_meprop_step(self, dH_t, dh_next, dc, acts, c_prev, tc, rule, rng, per_gate, Wh,
+                         need_dh, db):
+        """One step of meProp's backward through time: the cell's backward with
+        dh = dH_t + dh_next (dh_next None at the last step), its dz summed into db, the
+        Selection of dz (`nnmnist.nn.lstm.select_gates`) and the kept values, and, with
+        `need_dh`, the gradient reaching the previous hidden state, (kept dz) @ Wh.
+        Returns (dc_prev, selection, kept values, dh_prev or None)."""
+        dz = self.xp.empty(acts.shape, acts.dtype)
+        dh = dH_t if dh_next is None else dH_t + dh_next
+        dc_prev = self.lstm_cell_backward(dh, dc, acts, c_prev, tc, dz)
+        db += dz.sum(axis=0)
+        selection = select_gates(rule, dz, self, rng, per_gate)
+        dh_prev = self.meprop_input_grad(Wh, dz, selection) if need_dh else None
+        return dc_prev, selection, self.kept_values(dz, selection), dh_prev
+
     def add_rows(self, G, ids, d):
         """G[ids[i]] += d[i] for every i (ids may repeat): an embedding table's gradient."""
         self.xp.add.at(G, ids, d)
@@ -148,12 +184,24 @@ class NumpyCompute:
         """Compile whatever compiles lazily (nothing here)."""
 
 
+_F32 = np.dtype(np.float32)
+
+
 def _all_float32(*arrays):
-    return all(a.dtype == np.float32 for a in arrays)
+    for a in arrays:  # a plain loop and an identity test: called for every LSTM step
+        if a.dtype is not _F32:
+            return False
+    return True
+
+
+_NO_ROWS = np.empty((0, 0), np.float32)  # "no dh_next" for the LSTM step kernel
 
 
 def _contiguous(*arrays):
-    return all(a.flags.c_contiguous for a in arrays)
+    for a in arrays:
+        if not a.flags.c_contiguous:
+            return False
+    return True
 
 
 class NumbaCompute(NumpyCompute):
@@ -230,12 +278,17 @@ class NumbaCompute(NumpyCompute):
         self.sparse._sparse_dx.pick(rows * k * W.shape[1])(W, dy, idx, dx)
         return dx
 
-    def meprop_weight_grad(self, x, dy, selection, dW):
-        if selection.unified or not (_all_float32(x, dy, dW) and _contiguous(x, dy)):
-            return super().meprop_weight_grad(x, dy, selection, dW)
-        idx = selection.chosen
-        ws = self._workspace(*idx.shape, dW.shape[0])
-        self.fast.sparse_backward(x, dW, dy, idx, dW, False, ws)
+    def meprop_pairs_weight_grad(self, x, selection, vals, dW):
+        if selection.unified or not (_all_float32(x, vals, dW) and _contiguous(x, vals, dW)):
+            return super().meprop_pairs_weight_grad(x, selection, vals, dW)
+        self.lstm.weight_grad_pairs(x, selection.chosen, vals, dW)
+
+    def meprop_pairs_input_grad(self, W, selection, vals):
+        if selection.unified or not (_all_float32(W, vals) and _contiguous(W, vals)):
+            return super().meprop_pairs_input_grad(W, selection, vals)
+        dx = np.empty((vals.shape[0], W.shape[1]), np.float32)
+        self.lstm.input_grad_pairs(W, selection.chosen, vals, dx)
+        return dx
 
     def lstm_cell_forward(self, z, c_prev, c_out, tc_out, h_out):
         if not (_all_float32(z, c_prev, c_out, tc_out, h_out) and _contiguous(z, c_prev, c_out, tc_out, h_out)):
@@ -249,6 +302,26 @@ class NumbaCompute(NumpyCompute):
         dc_prev = np.empty_like(tc)
         self.lstm.cell_backward(dh, dc, acts, c_prev, tc, dz_out, dc_prev)
         return dc_prev
+
+    def lstm_meprop_step(self, dH_t, dh_next, dc, acts, c_prev, tc, rule, rng, per_gate, Wh,
+                         need_dh, db):
+        """Per-gate top-k (the built-in TopK rule) in one kernel call a step
+        (`kernels.lstm.meprop_step`); anything else takes the step-by-step path."""
+        arrays = (dH_t, dc, acts, c_prev, tc, Wh, db) + (() if dh_next is None else (dh_next,))
+        if not (type(rule) is TopK and per_gate and _all_float32(*arrays) and _contiguous(*arrays)):
+            return super().lstm_meprop_step(dH_t, dh_next, dc, acts, c_prev, tc, rule, rng,
+                                            per_gate, Wh, need_dh, db)
+        B, H = tc.shape
+        k = rule.k
+        if not 1 <= k <= H:
+            raise ValueError(f"{rule!r}: k = {k} must be between 1 and the gate width {H}")
+        idx = np.empty((B, 4 * k), np.int32)
+        vals = np.empty((B, 4 * k), np.float32)
+        dc_prev = np.empty_like(tc)
+        dh_prev = np.empty((B if need_dh else 0, H), np.float32)
+        self.lstm.meprop_step(dH_t, _NO_ROWS if dh_next is None else dh_next, dc, acts, c_prev,
+                              tc, dc_prev, k, Wh, idx, vals, dh_prev, db)
+        return dc_prev, Selection(idx, B), vals, dh_prev if need_dh else None
 
     def add_rows(self, G, ids, d):
         if not (_all_float32(G, d) and _contiguous(G, d)):

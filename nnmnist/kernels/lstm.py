@@ -18,6 +18,8 @@ from numba import types
 from numba.extending import intrinsic
 
 from ._jit import inline_kernel, kernel
+from .sparse import _axpy1, _axpy4, _axpy8
+from .topk import _topk_row, scratch_size
 
 _LOG2E = np.float32(1.4426950408889634)
 _LN2_HI = np.float32(0.693359375)          # ln 2 split in two: n * _LN2_HI is exact
@@ -99,6 +101,116 @@ def cell_backward(dh, dc, acts, c_prev, tc, dz_out, dc_prev):
             z[3 * H + j] = d[j] * t[j] * o * (one - o)
         for j in range(H):
             dct[j] = dct[j] * a[H + j]
+
+
+@kernel
+def meprop_step(dH, dh_next, dc, acts, c_prev, tc, dc_prev, k, Wh, idx, vals, dh_out, db):
+    """One step of meProp's backward through time for per-gate top-k, sentence by sentence
+    while its row is in cache: the cell's backward (dh = dH + dh_next, as `cell_backward`)
+    into a one-row scratch, its sum into db, the k largest |dz| of each gate block (columns
+    ascending, offset to the 4H row) into idx and their values into vals, and, when dh_out
+    has rows, the gradient reaching h_(t-1): (kept dz) @ Wh. The whole dz is never stored:
+    only what the weight gradients need later. dh_next with no rows means none (the last
+    step)."""
+    B, H = tc.shape
+    one = np.float32(1)
+    has_next = dh_next.shape[0] > 0
+    z = np.empty(4 * H, np.float32)
+    bits = z.view(np.uint32)
+    scratch = np.empty(scratch_size(H), np.int32)
+    hints = np.full(4, -1, np.int64)
+    for b in range(B):
+        a, t, cp, dct, dcb, dhb = acts[b], tc[b], c_prev[b], dc_prev[b], dc[b], dH[b]
+        for j in range(H):
+            d = dhb[j] + dh_next[b, j] if has_next else dhb[j]
+            dct[j] = dcb[j] + d * a[3 * H + j] * (one - t[j] * t[j])
+            o = a[3 * H + j]
+            z[3 * H + j] = d * t[j] * o * (one - o)
+        for j in range(H):
+            i = a[j]
+            z[j] = dct[j] * a[2 * H + j] * i * (one - i)
+        for j in range(H):
+            f = a[H + j]
+            z[H + j] = dct[j] * cp[j] * f * (one - f)
+        for j in range(H):
+            g = a[2 * H + j]
+            z[2 * H + j] = dct[j] * a[j] * (one - g * g)
+        for j in range(H):
+            dct[j] = dct[j] * a[H + j]
+        for j in range(4 * H):
+            db[j] += z[j]
+        for g in range(4):
+            out = idx[b, g * k:(g + 1) * k]
+            hints[g] = _topk_row(bits[g * H:(g + 1) * H], k, scratch, out, hints[g])
+            for q in range(k):
+                out[q] += g * H
+        for q in range(4 * k):
+            vals[b, q] = z[idx[b, q]]
+        if dh_out.shape[0] > 0:
+            _dx_pairs_row(Wh, idx, vals, b, dh_out[b])
+
+
+@kernel
+def _dx_pairs_row(W, idx, vals, b, d):
+    # d = sum over q of vals[b, q] * W[idx[b, q]]
+    n = idx.shape[1]
+    for i in range(d.shape[0]):
+        d[i] = 0.0
+    j, c = idx[b], vals[b]
+    q = 0
+    while q + 8 <= n:
+        _axpy8(d, c[q], c[q + 1], c[q + 2], c[q + 3], c[q + 4], c[q + 5], c[q + 6], c[q + 7],
+               W[j[q]], W[j[q + 1]], W[j[q + 2]], W[j[q + 3]],
+               W[j[q + 4]], W[j[q + 5]], W[j[q + 6]], W[j[q + 7]])
+        q += 8
+    if q + 4 <= n:
+        _axpy4(d, c[q], c[q + 1], c[q + 2], c[q + 3], W[j[q]], W[j[q + 1]], W[j[q + 2]], W[j[q + 3]])
+        q += 4
+    for u in range(q, n):
+        _axpy1(d, c[u], W[j[u]])
+
+
+@kernel
+def input_grad_pairs(W, idx, vals, dx):
+    """dx[p] = sum over q of vals[p, q] * W[idx[p, q]] for every row p."""
+    for p in range(idx.shape[0]):
+        _dx_pairs_row(W, idx, vals, p, dx[p])
+
+
+@kernel
+def weight_grad_pairs(x, idx, vals, dW):
+    """dW[idx[p, q]] += vals[p, q] * x[p] for every (p, q): the pairs are first grouped by
+    weight row (a counting sort, in order of p), so that each row of dW is read and written
+    once, its contributions added in the order of p."""
+    n_rows, n = idx.shape
+    n_out = dW.shape[0]
+    ptr = np.zeros(n_out + 1, np.int64)
+    for p in range(n_rows):
+        for q in range(n):
+            ptr[idx[p, q] + 1] += 1
+    for j in range(n_out):
+        ptr[j + 1] += ptr[j]
+    pos = np.empty(n_rows * n, np.int64)
+    for p in range(n_rows):
+        for q in range(n):
+            j = idx[p, q]
+            pos[ptr[j]] = p * n + q
+            ptr[j] += 1
+    start = 0
+    flat = vals.reshape(-1)
+    for j in range(n_out):
+        end = ptr[j]
+        g = dW[j]
+        e = start
+        while e + 4 <= end:
+            p0, p1, p2, p3 = pos[e], pos[e + 1], pos[e + 2], pos[e + 3]
+            _axpy4(g, flat[p0], flat[p1], flat[p2], flat[p3],
+                   x[p0 // n], x[p1 // n], x[p2 // n], x[p3 // n])
+            e += 4
+        while e < end:
+            _axpy1(g, flat[pos[e]], x[pos[e] // n])
+            e += 1
+        start = end
 
 
 @kernel

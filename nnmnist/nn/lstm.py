@@ -140,15 +140,25 @@ def reversal(lengths, L, xp):
     return xp.where(t < n, n - 1 - t, t)
 
 
-def concat(flow, a, b, xp):
-    """The last axes of a and b side by side."""
-    n = a.shape[-1]
-    y = Tensor(xp.concatenate([a.value, b.value], axis=-1), requires_grad=True)
+def split_linear(flow, a, b, layer, xp):
+    """[a, b] @ W.T + bias over every position, for a, b (L, B, H) and a Dense `layer` of
+    2H inputs, without building [a, b]: W's two halves take a and b in turn, and the gradients
+    reaching a and b come out as separate contiguous arrays. Returns (L*B, out)."""
+    L, B, H = a.shape
+    fa, fb = a.value.reshape(L * B, H), b.value.reshape(L * B, H)
+    W = layer.W.value
+    y = Tensor(fa @ W[:, :H].T + fb @ W[:, H:].T + layer.b.value, requires_grad=True)
 
     def backward():
         g = y.grad
-        ops.accumulate(a, g[..., :n])
-        ops.accumulate(b, g[..., n:])
+        ops.add_column_sums(layer.b, g)
+        dW = layer.W.grad
+        dW[:, :H] += g.T @ fa
+        dW[:, H:] += g.T @ fb
+        if a.requires_grad:
+            ops.accumulate(a, (g @ W[:, :H]).reshape(L, B, H))
+        if b.requires_grad:
+            ops.accumulate(b, (g @ W[:, H:]).reshape(L, B, H))
     flow.record(backward)
     return y
 
@@ -184,6 +194,7 @@ class LSTM:
         self.b = Tensor(draw(4 * hidden), name="b")
         self.hidden, self.compute, self.rng = hidden, compute, rng
         self.rule, self.per_gate = rule, per_gate
+        self._kept = {}  # reused per-step buffers (`_buffers`)
         if rule is not None:
             width = hidden if per_gate else 4 * hidden
             if rule.k > width:
@@ -198,10 +209,9 @@ class LSTM:
         c, xp, H = self.compute, self.compute.xp, self.hidden
         L, B, n_in = xs.shape
         Wx, Wh = self.Wx.value, self.Wh.value
-        acts = c.matmul_xwt(xs.value.reshape(L * B, n_in), Wx).reshape(L, B, 4 * H)
+        acts, hs, cs, tcs = self._buffers(L, B, xs.value.dtype, "acts", "hs", "cs", "tcs")
+        xp.matmul(xs.value.reshape(L * B, n_in), Wx.T, out=acts.reshape(L * B, 4 * H))
         acts += self.b.value
-        hs = xp.empty((L, B, H), acts.dtype)
-        cs, tcs = xp.empty_like(hs), xp.empty_like(hs)
         zero = xp.zeros((B, H), hs.dtype)
         for t in range(L):
             if t:
@@ -214,41 +224,63 @@ class LSTM:
         flow.record(backward)
         return y
 
+    def _buffers(self, L, B, dtype, *names):
+        """(L, B, width) arrays for the named per-step values (acts and dZ 4H wide, the
+        others H), as views of buffers this layer keeps from one call to the next, grown when
+        too small: a step then writes into memory already mapped, where fresh arrays of this
+        size (megabytes) would page-fault on first touch. The values of one forward stay valid
+        until this layer's next forward, so a Flow runs its backward before that (as training
+        does)."""
+        xp, H = self.compute.xp, self.hidden
+        out = []
+        for name in names:
+            width = 4 * H if name in ("acts", "dZ") else H
+            size = L * B * width
+            buf = self._kept.get(name)
+            if buf is None or buf.size < size or buf.dtype != dtype:
+                buf = self._kept[name] = xp.empty(max(size, 2 * buf.size if buf is not None
+                                                      and buf.dtype == dtype else size), dtype)
+            out.append(buf[:size].reshape(L, B, width))
+        return out
+
     def _backward(self, flow, xs, dH, acts, hs, cs, tcs, zero):
         c, xp, H = self.compute, self.compute.xp, self.hidden
         L, B, n_in = xs.shape
         rule = self.rule
-        dZ = xp.empty_like(acts)
         dc = zero
         dh_next = None
-        chosen = [None] * L  # per step: the Selection (meProp only)
+        flat_x = xs.value.reshape(L * B, n_in)
         # Through time, step by step: only what the recurrence needs (dz, and the gradient
         # reaching the previous hidden state); the weight gradients are summed afterwards.
-        for t in range(L - 1, -1, -1):
-            dh = dH[t] if dh_next is None else dH[t] + dh_next
-            dc = c.lstm_cell_backward(dh, dc, acts[t], cs[t - 1] if t else zero, tcs[t], dZ[t])
-            if rule is None:
+        if rule is None:
+            (dZ,) = self._buffers(L, B, acts.dtype, "dZ")
+            for t in range(L - 1, -1, -1):
+                dh = dH[t] if dh_next is None else dH[t] + dh_next
+                dc = c.lstm_cell_backward(dh, dc, acts[t], cs[t - 1] if t else zero, tcs[t], dZ[t])
                 if t:
                     dh_next = dZ[t] @ self.Wh.value
-                continue
-            chosen[t] = select_gates(rule, dZ[t], c, self.rng, self.per_gate)
-            if t:
-                dh_next = c.meprop_input_grad(self.Wh.value, dZ[t], chosen[t])
-        self.b.grad += dZ.sum(axis=(0, 1))
-        flat_x = xs.value.reshape(L * B, n_in)
-        flat_dz = dZ.reshape(L * B, 4 * H)
-        if rule is None:
+            self.b.grad += dZ.sum(axis=(0, 1))
+            flat_dz = dZ.reshape(L * B, 4 * H)
             if L > 1:
-                ops.add_product(self.Wh, dZ[1:].reshape(-1, 4 * H).T,
-                                hs[:-1].reshape(-1, H), xp)
+                ops.add_product(self.Wh, dZ[1:].reshape(-1, 4 * H).T, hs[:-1].reshape(-1, H), xp)
             ops.add_product(self.Wx, flat_dz.T, flat_x, xp)
             dx = flat_dz @ self.Wx.value if xs.requires_grad else None
         else:
-            dx = self._sparse_weight_grads(chosen, xs, hs, dZ, flat_x, flat_dz)
+            # meProp: the dense dz of a step is not kept, only its kept entries (and its sum,
+            # for the bias)
+            db = xp.zeros(4 * H, acts.dtype)
+            kept = [None] * L
+            for t in range(L - 1, -1, -1):
+                dc, selection, vals, dh_next = c.lstm_meprop_step(
+                    dH[t], dh_next, dc, acts[t], cs[t - 1] if t else zero, tcs[t], rule,
+                    self.rng, self.per_gate, self.Wh.value, t > 0, db)
+                kept[t] = (selection, vals)
+            self.b.grad += db
+            dx = self._sparse_weight_grads(kept, xs, hs, flat_x)
         if dx is not None:
             ops.accumulate(xs, dx.reshape(L, B, n_in))
 
-    def _sparse_weight_grads(self, chosen, xs, hs, dZ, flat_x, flat_dz):
+    def _sparse_weight_grads(self, kept, xs, hs, flat_x):
         """dWh += (kept dZ).T @ h_prev and dWx += (kept dZ).T @ x over every step; return
         dx = (kept dZ) @ Wx. Per-example choices take one call over all L*B rows each (a
         weight row then gathers the contributions of every step at once); unified ones one
@@ -257,18 +289,22 @@ class LSTM:
         L, B, n_in = xs.shape
         need_dx = xs.requires_grad
         Wx, Wh = self.Wx, self.Wh
-        if not chosen[0].unified:
-            idx = xp.concatenate([s.chosen for s in chosen], axis=0)
+        if not kept[0][0].unified:
+            idx = xp.concatenate([s.chosen for s, _ in kept], axis=0)
+            vals = xp.concatenate([v for _, v in kept], axis=0)
             if L > 1:
-                c.meprop_weight_grad(hs[:-1].reshape(-1, H), dZ[1:].reshape(-1, 4 * H),
-                                     Selection(idx[B:], (L - 1) * B), Wh.grad)
-            return c.meprop_backward(flat_x, Wx.value, flat_dz, Selection(idx, L * B),
-                                     Wx.grad, need_dx)
+                c.meprop_pairs_weight_grad(hs[:-1].reshape(-1, H), Selection(idx[B:], (L - 1) * B),
+                                           vals[B:], Wh.grad)
+            every = Selection(idx, L * B)
+            c.meprop_pairs_weight_grad(flat_x, every, vals, Wx.grad)
+            return c.meprop_pairs_input_grad(Wx.value, every, vals) if need_dx else None
         parts = []
-        for t, s in enumerate(chosen):
+        for t, (s, v) in enumerate(kept):
             if t:
-                c.meprop_weight_grad(hs[t - 1], dZ[t], s, Wh.grad)
-            parts.append(c.meprop_backward(xs.value[t], Wx.value, dZ[t], s, Wx.grad, need_dx))
+                c.meprop_pairs_weight_grad(hs[t - 1], s, v, Wh.grad)
+            c.meprop_pairs_weight_grad(xs.value[t], s, v, Wx.grad)
+            if need_dx:
+                parts.append(c.meprop_pairs_input_grad(Wx.value, s, v))
         return xp.concatenate(parts, axis=0) if need_dx else None
 
 
@@ -345,12 +381,11 @@ class Tagger:
         emb_b = embed(flow, self.embedding, xp.ascontiguousarray(ids[src, cols]), c)
         h_f = self.fwd(flow, emb_f)
         h_b = reverse_each(flow, self.bwd(flow, emb_b), src, xp)
-        h = concat(flow, h_f, h_b, xp)
-        positions = xp.flatnonzero(valid.reshape(-1))
-        tokens = take_rows(flow, _flat(flow, h), positions, xp)
         if flow.training and self.dropout > 0:
-            tokens = ops.dropout(flow, tokens, self.dropout, self.rng, c)
-        logits = self.out(flow, tokens)
+            h_f = ops.dropout(flow, h_f, self.dropout, self.rng, c)
+            h_b = ops.dropout(flow, h_b, self.dropout, self.rng, c)
+        positions = xp.flatnonzero(valid.reshape(-1))
+        logits = take_rows(flow, split_linear(flow, h_f, h_b, self.out, xp), positions, xp)
         pred = xp.full(L * B, NO_TAG, np.int32 if labels is None else labels.dtype)
         if labels is None:
             pred[positions] = logits.value.argmax(axis=1)
@@ -406,14 +441,3 @@ class Tagger:
             raise StateDictError(f"model state: rng is not a generator state ({exc})") from None
         load_into("model", self.store.loading(state), self.compute.xp)
         self.rng.bit_generator.state = rng_state
-
-
-def _flat(flow, h):
-    """(L, B, D) as (L*B, D), gradient reshaped back."""
-    L, B, D = h.shape
-    y = Tensor(h.value.reshape(L * B, D), requires_grad=True)
-
-    def backward():
-        ops.accumulate(h, y.grad.reshape(L, B, D))
-    flow.record(backward)
-    return y

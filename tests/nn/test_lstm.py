@@ -278,10 +278,12 @@ def test_reverse_each_op():
     check_op(lambda f, x: lstm.reverse_each(f, x, src, np), [leaf(rng.normal(size=(4, 3, 2)))])
 
 
-def test_concat_op():
+def test_split_linear_op():
     rng = np.random.default_rng(7)
-    check_op(lambda f, a, b: lstm.concat(f, a, b, np),
-             [leaf(rng.normal(size=(2, 3, 4))), leaf(rng.normal(size=(2, 3, 2)))])
+    layer = lstm.Dense(8, 5, rng, C)
+    layer.W.value, layer.b.value = rng.normal(size=(5, 8)), rng.normal(size=5)
+    check_op(lambda f, a, b, W, bias: lstm.split_linear(f, a, b, layer, np),
+             [leaf(rng.normal(size=(2, 3, 4))), leaf(rng.normal(size=(2, 3, 4))), layer.W, layer.b])
 
 
 def test_take_rows_op():
@@ -299,3 +301,46 @@ def test_lstm_layer_op(rule):
         p.value = p.value.astype(np.float64)
     check_op(lambda f, x, Wx, Wh, b: layer(f, x), [leaf(rng.normal(size=(4, 2, 3))),
                                                      layer.Wx, layer.Wh, layer.b])
+
+
+def test_fused_meprop_step_matches_the_step_by_step_path():
+    """NumbaCompute's one-kernel step against NumpyCompute's cell, selection and product."""
+    rng = np.random.default_rng(10)
+    f32 = lambda *shape: rng.normal(size=shape).astype(np.float32)  # noqa: E731
+    for B, H, k in ((5, 12, 3), (3, 80, 70)):
+        acts = rng.random((B, 4 * H)).astype(np.float32)
+        dH, dh_next, dc, c_prev, tc = (f32(B, H) for _ in range(5))
+        Wh = f32(4 * H, H)
+        dH[0, :4] = 0.0  # ties
+        for nxt, need in ((dh_next, True), (None, True), (dh_next, False)):
+            db1, db2 = np.zeros(4 * H, np.float32), np.zeros(4 * H, np.float32)
+            a = NumbaCompute().lstm_meprop_step(dH, nxt, dc, acts, c_prev, tc, lstm.TopK(k), rng,
+                                                True, Wh, need, db1)
+            b = NumpyCompute().lstm_meprop_step(dH, nxt, dc, acts, c_prev, tc, lstm.TopK(k), rng,
+                                                True, Wh, need, db2)
+            np.testing.assert_array_equal(a[0], b[0])
+            np.testing.assert_array_equal(a[1].chosen, b[1].chosen)
+            np.testing.assert_array_equal(a[2], b[2])
+            np.testing.assert_allclose(db1, db2, rtol=1e-5, atol=1e-6)
+            if need:
+                np.testing.assert_allclose(a[3], b[3], rtol=1e-5, atol=1e-6)
+            else:
+                assert a[3] is None and b[3] is None
+
+
+def test_pair_kernels_match_dense_products():
+    from nnmnist.kernels import lstm as K
+    rng = np.random.default_rng(12)
+    rows, n_out, width, k = 7, 9, 5, 3
+    idx = np.sort(np.stack([rng.choice(n_out, k, replace=False) for _ in range(rows)]), axis=1).astype(np.int32)
+    vals = rng.normal(size=(rows, k)).astype(np.float32)
+    x = rng.normal(size=(rows, width)).astype(np.float32)
+    W = rng.normal(size=(n_out, width)).astype(np.float32)
+    dense = np.zeros((rows, n_out), np.float32)
+    np.put_along_axis(dense, idx, vals, axis=1)
+    dW = np.ones((n_out, width), np.float32)
+    K.weight_grad_pairs(x, idx, vals, dW)
+    np.testing.assert_allclose(dW, 1 + dense.T @ x, rtol=1e-5, atol=1e-6)
+    dx = np.empty((rows, width), np.float32)
+    K.input_grad_pairs(W, idx, vals, dx)
+    np.testing.assert_allclose(dx, dense @ W, rtol=1e-5, atol=1e-6)
