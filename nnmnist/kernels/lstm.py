@@ -202,6 +202,14 @@ def weight_grad_pairs(x, idx, vals, dW):
         end = ptr[j]
         g = dW[j]
         e = start
+        while e + 8 <= end:
+            p0, p1, p2, p3 = pos[e], pos[e + 1], pos[e + 2], pos[e + 3]
+            p4, p5, p6, p7 = pos[e + 4], pos[e + 5], pos[e + 6], pos[e + 7]
+            _axpy8(g, flat[p0], flat[p1], flat[p2], flat[p3],
+                   flat[p4], flat[p5], flat[p6], flat[p7],
+                   x[p0 // n], x[p1 // n], x[p2 // n], x[p3 // n],
+                   x[p4 // n], x[p5 // n], x[p6 // n], x[p7 // n])
+            e += 8
         while e + 4 <= end:
             p0, p1, p2, p3 = pos[e], pos[e + 1], pos[e + 2], pos[e + 3]
             _axpy4(g, flat[p0], flat[p1], flat[p2], flat[p3],
