@@ -163,6 +163,11 @@ class NumpyCompute:
         dh_prev = self.meprop_input_grad(Wh, dz, selection) if need_dh else None
         return dc_prev, selection, self.kept_values(dz, selection), dh_prev
 
+    def reverse_steps(self, x, src):
+        """out[t, b] = x[src[t, b], b] for time-major x (L, B, ...): each sentence reversed
+        (`nnmnist.nn.lstm.reversal`)."""
+        return x[src, self.xp.arange(x.shape[1])]
+
     def add_rows(self, G, ids, d):
         """G[ids[i]] += d[i] for every i (ids may repeat): an embedding table's gradient."""
         self.xp.add.at(G, ids, d)
@@ -322,6 +327,13 @@ class NumbaCompute(NumpyCompute):
         self.lstm.meprop_step(dH_t, _NO_ROWS if dh_next is None else dh_next, dc, acts, c_prev,
                               tc, dc_prev, k, Wh, idx, vals, dh_prev, db)
         return dc_prev, Selection(idx, B), vals, dh_prev if need_dh else None
+
+    def reverse_steps(self, x, src):
+        if not (x.ndim == 3 and _all_float32(x) and _contiguous(x)):
+            return super().reverse_steps(x, src)
+        out = np.empty_like(x)
+        self.lstm.reverse_steps(x, src.astype(np.int64, copy=False), out)
+        return out
 
     def add_rows(self, G, ids, d):
         if not (_all_float32(G, d) and _contiguous(G, d)):

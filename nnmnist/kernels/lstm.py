@@ -222,6 +222,19 @@ def weight_grad_pairs(x, idx, vals, dW):
 
 
 @kernel
+def reverse_steps(x, src, out):
+    """out[t, b] = x[src[t, b], b], row by row (a copy of contiguous rows, where NumPy's
+    fancy indexing computes an address per element)."""
+    L, B = src.shape
+    H = x.shape[2]
+    for t in range(L):
+        for b in range(B):
+            s = src[t, b]
+            for j in range(H):
+                out[t, b, j] = x[s, b, j]
+
+
+@kernel
 def add_rows(G, ids, d):
     n, E = d.shape
     for r in range(n):

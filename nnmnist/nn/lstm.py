@@ -120,14 +120,14 @@ def embed(flow, table, ids, compute):
     return y
 
 
-def reverse_each(flow, x, src, xp):
-    """out[t, b] = x[src[t, b], b]: each sentence's words reversed (src from `reversal`).
-    The permutation is its own inverse, so the backward applies it again."""
-    cols = xp.arange(x.shape[1])
-    y = Tensor(x.value[src, cols], requires_grad=True)
+def reverse_each(flow, x, src, compute):
+    """out[t, b] = x[src[t, b], b]: each sentence's words reversed (src from `reversal`),
+    by `compute.reverse_steps`. The permutation is its own inverse, so the backward applies
+    it again."""
+    y = Tensor(compute.reverse_steps(x.value, src), requires_grad=True)
 
     def backward():
-        ops.accumulate(x, y.grad[src, cols])
+        ops.accumulate(x, compute.reverse_steps(y.grad, src))
     flow.record(backward)
     return y
 
@@ -380,7 +380,7 @@ class Tagger:
         emb_f = embed(flow, self.embedding, ids, c)
         emb_b = embed(flow, self.embedding, xp.ascontiguousarray(ids[src, cols]), c)
         h_f = self.fwd(flow, emb_f)
-        h_b = reverse_each(flow, self.bwd(flow, emb_b), src, xp)
+        h_b = reverse_each(flow, self.bwd(flow, emb_b), src, c)
         if flow.training and self.dropout > 0:
             h_f = ops.dropout(flow, h_f, self.dropout, self.rng, c)
             h_b = ops.dropout(flow, h_b, self.dropout, self.rng, c)

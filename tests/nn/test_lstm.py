@@ -275,7 +275,9 @@ def test_reverse_each_op():
     lengths = np.array([3, 1, 4])
     src = lstm.reversal(lengths, 4, np)
     assert src[:, 0].tolist() == [2, 1, 0, 3] and src[:, 1].tolist() == [0, 1, 2, 3]
-    check_op(lambda f, x: lstm.reverse_each(f, x, src, np), [leaf(rng.normal(size=(4, 3, 2)))])
+    check_op(lambda f, x: lstm.reverse_each(f, x, src, C), [leaf(rng.normal(size=(4, 3, 2)))])
+    x = rng.normal(size=(4, 3, 5)).astype(np.float32)
+    np.testing.assert_array_equal(NumbaCompute().reverse_steps(x, src), C.reverse_steps(x, src))
 
 
 def test_split_linear_op():
