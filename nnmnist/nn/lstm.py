@@ -1,5 +1,5 @@
 """The part-of-speech tagger: word embeddings, a bidirectional LSTM and a softmax over the
-tags, with meProp in the LSTM's backward (docs/MODELS.md).
+tags, with meProp in the LSTM's backward (docs/TAGGER.md).
 
 Arrays are time-major inside: a minibatch of B sentences padded to L words is (L, B, ...),
 so that each time step is one contiguous (B, ...) block. Padding is always at the end of a
