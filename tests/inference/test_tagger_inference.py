@@ -21,6 +21,16 @@ from nnmnist.run import checkpoint
 from nnmnist.run.lifecycle import start_run
 from nnmnist.run.state import build_network
 
+
+@pytest.fixture(autouse=True)
+def default_threads():
+    """evaluate applies the run's Threads to this process, as a run does; put the libraries'
+    defaults back so that the other tests see them."""
+    yield
+    from nnmnist.kernels import set_num_threads
+    set_num_threads(0)
+
+
 REPO = Path(__file__).resolve().parents[2]
 TIMES = re.compile(r"time = \d+\.\d+s")
 LEXICON = {"DET": ["the", "a"], "ADJ": ["big", "red", "old"], "NOUN": ["dog", "cat", "park", "man"],
