@@ -79,6 +79,22 @@ def cell_forward(z, c_prev, c_out, tc_out, h_out):
             h[j] = zb[3 * H + j] * tc[j]
 
 
+@inline_kernel
+def _ifg_grads(a, cp, dct, z, H):
+    # dz of the input, forget and candidate gates from dct, the gradient reaching c: one
+    # loop each (a loop that writes one block vectorises)
+    one = np.float32(1)
+    for j in range(H):
+        i = a[j]
+        z[j] = dct[j] * a[2 * H + j] * i * (one - i)
+    for j in range(H):
+        f = a[H + j]
+        z[H + j] = dct[j] * cp[j] * f * (one - f)
+    for j in range(H):
+        g = a[2 * H + j]
+        z[2 * H + j] = dct[j] * a[j] * (one - g * g)
+
+
 @kernel
 def cell_backward(dh, dc, acts, c_prev, tc, dz_out, dc_prev):
     B, H = tc.shape
@@ -87,15 +103,7 @@ def cell_backward(dh, dc, acts, c_prev, tc, dz_out, dc_prev):
         a, z, d, t, cp, dct, dcb = acts[b], dz_out[b], dh[b], tc[b], c_prev[b], dc_prev[b], dc[b]
         for j in range(H):  # the gradient reaching c (kept in dc_prev until the end)
             dct[j] = dcb[j] + d[j] * a[3 * H + j] * (one - t[j] * t[j])
-        for j in range(H):
-            i = a[j]
-            z[j] = dct[j] * a[2 * H + j] * i * (one - i)
-        for j in range(H):
-            f = a[H + j]
-            z[H + j] = dct[j] * cp[j] * f * (one - f)
-        for j in range(H):
-            g = a[2 * H + j]
-            z[2 * H + j] = dct[j] * a[j] * (one - g * g)
+        _ifg_grads(a, cp, dct, z, H)
         for j in range(H):
             o = a[3 * H + j]
             z[3 * H + j] = d[j] * t[j] * o * (one - o)
@@ -126,15 +134,7 @@ def meprop_step(dH, dh_next, dc, acts, c_prev, tc, dc_prev, k, Wh, idx, vals, dh
             dct[j] = dcb[j] + d * a[3 * H + j] * (one - t[j] * t[j])
             o = a[3 * H + j]
             z[3 * H + j] = d * t[j] * o * (one - o)
-        for j in range(H):
-            i = a[j]
-            z[j] = dct[j] * a[2 * H + j] * i * (one - i)
-        for j in range(H):
-            f = a[H + j]
-            z[H + j] = dct[j] * cp[j] * f * (one - f)
-        for j in range(H):
-            g = a[2 * H + j]
-            z[2 * H + j] = dct[j] * a[j] * (one - g * g)
+        _ifg_grads(a, cp, dct, z, H)
         for j in range(H):
             dct[j] = dct[j] * a[H + j]
         for j in range(4 * H):
