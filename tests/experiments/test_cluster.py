@@ -189,7 +189,14 @@ def _start_sweep(path, out):
     return subprocess.Popen([sys.executable, "-m", "nnmnist", "sweep", str(path), "--out", str(out),
                              "--executor", "dask", "--jobs", "2", "--offline"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(),
-                            cwd=str(REPO))
+                            cwd=str(REPO), preexec_fn=default_sigint)
+
+
+def default_sigint():
+    """In the child: Ctrl-C's default action, which a test sends. A shell without job control
+    (`pytest ... &` in a script) starts its background jobs with SIGINT ignored, and an
+    ignored SIGINT is inherited: Python would then never raise KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _descendants(pid):

@@ -247,6 +247,13 @@ def test_allow_divergence_trains_on_and_writes_null(tmp_path, base, capsys):
 
 # ---------------------------------------------------------------- signals
 
+def default_sigint():
+    """In the child: Ctrl-C's default action, which a test sends. A shell without job control
+    (`pytest ... &` in a script) starts its background jobs with SIGINT ignored, and an
+    ignored SIGINT is inherited: Python would then never raise KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_run(tmp_path, base, *sets):
     """run.py in a child process, long enough to be stopped; returns it once training started."""
     argv = [sys.executable, str(REPO / "run.py"), str(base), "--quiet", "--offline",
@@ -254,7 +261,8 @@ def start_run(tmp_path, base, *sets):
     for s in sets:
         argv += ["--set", s]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            env={**os.environ, "PYTHONPATH": str(REPO)},
+                            preexec_fn=default_sigint)
     wait_for(lambda: any("Run Start" in p.read_text() for p in tmp_path.glob("*.txt")), proc)
     return proc
 
